@@ -1,0 +1,358 @@
+"""Connections to a target, and the target itself (its keep-alive pool, health, drain).
+
+A ``Target`` object lives for one deploy: redeploying the same address creates a new one,
+so the old pool and in-flight requests can be drained without touching the new ones.
+That is what makes the in-process switch free of failed requests: client connections are
+never touched, new requests go to the new target, in-flight ones finish on the old one,
+the old target's idle upstream connections are closed at the switch, and busy ones are
+closed when their response completes instead of going back to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import TYPE_CHECKING, Protocol
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+if TYPE_CHECKING:
+    from .tunnel import Tunnel
+
+MAX_IDLE_PER_TARGET = 100
+
+ADDING, HEALTHY, UNHEALTHY = "adding", "healthy", "unhealthy"
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to (implemented by the exchange)."""
+
+    def on_response_head(self, conn: UpstreamConnection) -> None: ...
+    def on_response_body(self, body: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+    def after_upstream_read(self) -> None: ...
+    def on_upstream_upgrade(self, conn: UpstreamConnection, leftover: bytes) -> None: ...
+    def on_upstream_lost(self, conn: UpstreamConnection, error: str) -> None: ...
+    def on_upstream_pause(self, paused: bool) -> None: ...
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address, 80
+    return host, int(port)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a target; parses responses with httptools."""
+
+    __slots__ = (
+        "body_expected",
+        "chunked",
+        "content_length",
+        "header_list",
+        "interim",
+        "keep_alive",
+        "parser",
+        "reason",
+        "received",
+        "reset_parser",
+        "response_done",
+        "sink",
+        "status",
+        "target",
+        "transport",
+        "tunnel",
+        "uses",
+    )
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.sink: ResponseSink | None = None
+        self.tunnel: Tunnel | None = None
+        self.uses = 0
+        self.reset_parser = False
+        self._reset_response()
+
+    def _reset_response(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.header_list: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.received = False
+        self.response_done = False
+        self.interim = False
+        self.body_expected = True
+        self.content_length = -1
+        self.chunked = False
+
+    # --- life cycle -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def begin(self, sink: ResponseSink, head_request: bool) -> None:
+        if self.reset_parser:
+            self.parser = HttpResponseParser(self)
+            self.reset_parser = False
+        self._reset_response()
+        self.sink = sink
+        self.uses += 1
+        self.body_expected = not head_request
+        # llhttp cannot be told that a response answers HEAD, so after one we use a
+        # fresh parser rather than let it wait for a body that never comes.
+        self.reset_parser = head_request
+
+    def detach(self) -> None:
+        self.sink = None
+
+    def close(self) -> None:
+        self.sink = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.target.forget(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            return
+        sink = self.sink
+        self.sink = None
+        if sink is not None:
+            sink.on_upstream_lost(self, str(exc) if exc else "EOF")
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports it
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_client(True)
+        elif self.sink is not None:
+            self.sink.on_upstream_pause(True)
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_client(False)
+        elif self.sink is not None:
+            self.sink.on_upstream_pause(False)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.to_client(data)
+            return
+        sink = self.sink
+        if sink is None:
+            # Bytes on an idle pooled connection: it can no longer be trusted.
+            self.close()
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0]
+            sink.on_upstream_upgrade(self, data[offset:])
+            return
+        except HttpParserError as exc:
+            if self.sink is sink and not self.response_done:
+                self.sink = None
+                self.abort()
+                sink.on_upstream_lost(self, f"malformed response: {exc}")
+                return
+        if self.sink is sink:
+            sink.after_upstream_read()
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_list.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+        else:
+            for name, value in self.header_list:
+                lowered = name.lower()
+                if lowered == b"content-length":
+                    self.content_length = int(value) if value.strip().isdigit() else -1
+                elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+                    self.chunked = True
+            if status in (204, 304):
+                self.body_expected = False
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_head(self)
+        if self.interim:
+            self.interim = False
+            self.header_list = []
+            self.reason = b""
+            self.status = 0
+            return
+        if not self.body_expected and not self.response_done and status != 101:
+            self.response_done = True
+            if sink is not None:
+                sink.on_response_complete()
+
+    def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None and not self.response_done:
+            sink.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.status in (0, 101) or self.response_done:
+            # An interim (1xx) message, a switch of protocols (handled as an upgrade), or
+            # a bodiless response that was already completed at its headers.
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        self.response_done = True
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_complete()
+
+    @property
+    def close_delimited(self) -> bool:
+        return self.body_expected and not self.chunked and self.content_length < 0
+
+
+class DrainableExchange(Protocol):
+    def cancel_for_drain(self) -> None: ...
+
+
+class Target:
+    """An upstream ``host:port`` for one deploy: its pool, in-flight work and health."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.host, self.port = split_address(address)
+        self.state = ADDING
+        self.draining = False
+        self.idle: list[UpstreamConnection] = []
+        self.connections: set[UpstreamConnection] = set()
+        self.inflight: set[DrainableExchange] = set()
+        self.tunnels: set[Tunnel] = set()
+        self._idle_waiter: asyncio.Future[None] | None = None
+        try:
+            ip = ipaddress.ip_address(self.host)
+            self._literal: tuple[int, str] | None = (
+                socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                self.host,
+            )
+        except ValueError:
+            self._literal = None
+
+    def __repr__(self) -> str:
+        return f"Target({self.address}, {self.state})"
+
+    # --- pool -------------------------------------------------------------------------
+
+    def acquire(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        if self._literal is not None:
+            family, host = self._literal
+            candidates = [(family, (host, self.port))]
+        else:
+            infos = await loop.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+            candidates = [(info[0], info[4]) for info in infos]
+        last_error: OSError = OSError(f"no addresses for {self.host}")
+        for family, address in candidates:
+            # Made with IPPROTO_TCP so asyncio keeps TCP_NODELAY (see proxy-performance.md).
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            _, protocol = await loop.create_connection(lambda: UpstreamConnection(self), sock=sock)
+            self.connections.add(protocol)
+            return protocol
+        raise last_error
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        conn.detach()
+        if reusable and not self.draining and not conn.closed and len(self.idle) < MAX_IDLE_PER_TARGET:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.connections.discard(conn)
+
+    def close_idle(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    # --- in-flight tracking and draining ------------------------------------------------
+
+    def begin(self, exchange: DrainableExchange) -> None:
+        self.inflight.add(exchange)
+
+    def end(self, exchange: DrainableExchange) -> None:
+        self.inflight.discard(exchange)
+        if not self.inflight and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    async def drain(self, timeout: float) -> int:
+        """Stop taking work, close tunnels at once, wait for in-flight requests; cancel the rest.
+
+        Returns how many requests had to be cancelled.
+        """
+        self.draining = True
+        self.close_idle()
+        for tunnel in list(self.tunnels):
+            tunnel.close()
+        if self.inflight:
+            loop = asyncio.get_running_loop()
+            self._idle_waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter), max(timeout, 0))
+            except TimeoutError:
+                pass
+            finally:
+                self._idle_waiter = None
+        cancelled = 0
+        for exchange in list(self.inflight):
+            exchange.cancel_for_drain()
+            cancelled += 1
+        self.inflight.clear()
+        self.close_idle()
+        return cancelled
+
+    def dispose(self) -> None:
+        """Close everything now (used on remove and shutdown)."""
+        self.draining = True
+        self.close_idle()
