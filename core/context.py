@@ -71,14 +71,10 @@ class Context:
     @cached_property
     def config(self) -> Config:
         """The validated config; raises ConfigError (one line per problem) if invalid."""
-        from shipyard.core.cli.tree import COMMAND_NAMES
         from shipyard.core.config.loader import load_config
 
         config: Config = load_config(
-            self.project_dir,
-            config_file=self.options.config_file,
-            destination=self.options.destination,
-            known_commands=COMMAND_NAMES,
+            self.project_dir, config_file=self.options.config_file, destination=self.options.destination
         )
         return config
 
@@ -108,7 +104,7 @@ class Context:
     def _builds_working_tree(self) -> bool:
         try:
             return self.config.schema.builder.context is not None
-        except Exception:  # noqa: BLE001 - no usable config means the default git-clone build
+        except Exception:
             return False
 
     @cached_property
@@ -140,7 +136,7 @@ class Context:
     def max_concurrency(self) -> int:
         try:
             return self.config.schema.sshkit.max_concurrent_starts
-        except Exception:  # noqa: BLE001 - commands without config still fan out sensibly
+        except Exception:
             return 30
 
     @property

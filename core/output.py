@@ -151,10 +151,9 @@ class Output:
         if self.json_mode or self.verbosity < NORMAL or not self.err.isatty():
             yield _NoProgress()
             return
+        from rich.console import Console
         from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress
-
-        from rich.console import Console
 
         columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
         with RichProgress(*columns, console=Console(file=self.err), transient=True) as bar:

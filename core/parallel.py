@@ -58,7 +58,7 @@ def on_hosts(
     def attempt(host: str) -> tuple[str, T | None, BaseException | None]:
         try:
             return host, work(ctx.connections.get(host)), None
-        except Exception as error:  # noqa: BLE001 - every host's failure is reported
+        except Exception as error:
             return host, None, error
 
     with ThreadPoolExecutor(max_workers=min(limit, len(ordered)), thread_name_prefix="host") as pool:

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from shipyard.core import __version__, hookspecs
+from shipyard.core.entrypoints import ENTRYPOINT_GROUP, PROJECT_HOOKS_FILE
 from shipyard.core.errors import HookAbort, PluginError, ShipyardError
 from shipyard.core.hookspecs import PROJECT, shell_hook_name
 
@@ -54,9 +55,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "local",
     "secrets_adapters",
 )
-ENTRYPOINT_GROUP = "shipyard"
 PROJECT_HOOKS_NAME = "project"
-PROJECT_HOOKS_FILE = ".shipyard/hooks.py"
 
 #: Called with every new manager; the plugin test kit records hook calls this way.
 manager_observers: list[Callable[[ShipyardPluginManager], None]] = []
@@ -131,7 +130,8 @@ class ShipyardPluginManager(pluggy.PluginManager):
 
     def _check_hook_names(self, plugin: object, name: str, source: str) -> None:
         for attribute in dir(plugin):
-            if attribute.startswith(f"{PROJECT}_") and not hasattr(self.hook, attribute):
+            caller = getattr(self.hook, attribute, None) if attribute.startswith(f"{PROJECT}_") else None
+            if caller is not None and caller.spec is None:
                 problem = f"unknown hook {attribute} (misspelt? `shipyard docs hooks` lists them)"
                 if source == "local file":
                     self.warnings.append(f"{PROJECT_HOOKS_FILE}: {problem}; it will never be called")
@@ -140,13 +140,12 @@ class ShipyardPluginManager(pluggy.PluginManager):
                     raise PluginError(f"plugin '{name}': {problem}")
 
     def _load_entry_points(self) -> None:
-        from importlib.metadata import entry_points
+        from shipyard.core.entrypoints import entry_points
 
-        for entry_point in entry_points(group=ENTRYPOINT_GROUP):
+        for entry_point in entry_points(ENTRYPOINT_GROUP):
             if self.is_blocked(entry_point.name) or self.has_plugin(entry_point.name):
                 continue
-            dist = entry_point.dist
-            dist_label = f"{dist.name} {dist.version}" if dist else "unknown distribution"
+            dist_label = f"{entry_point.distribution} {entry_point.version}"
             try:
                 plugin = entry_point.load()
             except Exception as error:
@@ -155,8 +154,8 @@ class ShipyardPluginManager(pluggy.PluginManager):
                     f"{type(error).__name__}: {error}. Disable it with --no-plugin {entry_point.name} "
                     f"or SHIPYARD_DISABLE_PLUGINS={entry_point.name}"
                 ) from error
-            self.add(plugin, entry_point.name, source="entry point", version=dist.version if dist else None,
-                     distribution=dist.name if dist else None)
+            self.add(plugin, entry_point.name, source="entry point", version=entry_point.version,
+                     distribution=entry_point.distribution)
 
     def _load_project_hooks(self, project_dir: Path) -> None:
         path = project_dir / PROJECT_HOOKS_FILE
@@ -201,12 +200,14 @@ class ShipyardPluginManager(pluggy.PluginManager):
             thread = threading.current_thread()
             return "" if thread is threading.main_thread() else f" [{thread.name}]"
 
-        def before(hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+        def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
             args = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
             names = ", ".join(impl.plugin_name for impl in reversed(impls)) or "no implementations"
             output.err.write(output.scrub(f"[trace]{where()} {hook_name}({args}) -> {names}\n"))
 
-        def after(outcome: Any, hook_name: str, impls: list[pluggy.HookImpl], kwargs: dict[str, Any]) -> None:
+        def after(
+            outcome: pluggy.Result[Any], hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]
+        ) -> None:
             if outcome.exception is not None:
                 shown = f"raised {type(outcome.exception).__name__}: {outcome.exception}"
             else:
@@ -250,7 +251,8 @@ class Hooks:
     def __init__(self, pm: ShipyardPluginManager) -> None:
         self._pm = pm
 
-    def _call(self, name: str, **kwargs: Any) -> Any:
+    def _call(self, hook: str, **kwargs: Any) -> Any:
+        name = hook
         caller = getattr(self._pm.hook, f"{PROJECT}_{name}")
         try:
             return caller(**kwargs)

@@ -192,7 +192,7 @@ def _matching_paren(value: str, open_at: int) -> int | None:
 
 def _run(command: str, where: str, lineno: int) -> str:
     # The secrets file is the user's own shell-flavoured file (as in Kamal): run with a shell.
-    completed = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)  # noqa: S602
+    completed = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         first = (completed.stderr.strip().splitlines() or [""])[0]
         raise ShipyardError(

@@ -11,6 +11,7 @@ host no matter how many commands it runs.
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,10 +153,9 @@ class ConnectionPool:
             transports = list(self._transports.values())
             self._transports.clear()
         for transport in transports:
-            try:
+            # Closing must never hide the real outcome of the command.
+            with contextlib.suppress(Exception):
                 transport.close()
-            except Exception:  # noqa: BLE001 - closing must never hide the real outcome
-                pass
 
     @property
     def open_hosts(self) -> list[str]:

@@ -54,10 +54,13 @@ def load_config(
     *,
     config_file: str | None = None,
     destination: str | None = None,
-    known_commands: frozenset[str] = frozenset(),
+    known_commands: frozenset[str] | None = None,
 ) -> Any:
     """Return the validated :class:`~shipyard.core.config.model.Config`."""
+    from shipyard.core.cli.tree import COMMAND_NAMES
     from shipyard.core.config.model import Config
+
+    known_commands = COMMAND_NAMES if known_commands is None else known_commands
 
     base_path = project_dir / (config_file or DEFAULT_CONFIG_FILE)
     sources = [_read(base_path, project_dir, destination, required=True)]
@@ -109,9 +112,9 @@ def _read(path: Path, project_dir: Path, destination: str | None, *, required: b
         data, lines = load_with_lines(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
+        where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError([f"{display}{line}: invalid YAML: {problem}"]) from None
+        raise ConfigError([f"{display}{where}: invalid YAML: {problem}"]) from None
     return _Source(path, display, data if data is not None else {}, lines)
 
 

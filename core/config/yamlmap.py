@@ -24,7 +24,7 @@ def load_with_lines(text: str) -> tuple[Any, dict[KeyPath, int]]:
     lines: dict[KeyPath, int] = {}
     if node is not None:
         _walk(node, (), lines)
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    data = yaml.load(text, Loader=_Loader)
     return data, lines
 
 
