@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -138,6 +139,24 @@ class Context:
             return self.config.schema.sshkit.max_concurrent_starts
         except Exception:
             return 30
+
+    def audit(self, message: str, *, hosts: Sequence[str] | None = None, role: str | None = None,
+              **details: str) -> None:
+        """Record an action: every ``shipyard_audit`` implementation receives it (the
+        built-in ``audit`` plugin appends it to the audit log on ``hosts``, default: the
+        hosts in play)."""
+        from shipyard.core.records import AuditEvent
+
+        event = AuditEvent(
+            message=message,
+            recorded_at=datetime.now(UTC),
+            performer=self.performer,
+            destination=self.destination,
+            role=role,
+            hosts=tuple(hosts if hosts is not None else self.hosts),
+            details=dict(details),
+        )
+        self.hooks.audit(self, event)
 
     @property
     def service_version(self) -> str:

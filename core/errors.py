@@ -38,6 +38,18 @@ class NotImplementedYet(ShipyardError):
         return [str(self)]
 
 
+class ExitStatus(ShipyardError):
+    """End the command with this exit status and no message (``server exec -i`` passes
+    on the remote command's status)."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__("")
+        self.exit_code = exit_code
+
+    def lines(self) -> list[str]:
+        return []
+
+
 class ConfigError(ShipyardError):
     """One or more problems in the deploy configuration, reported all at once.
 

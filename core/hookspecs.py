@@ -338,8 +338,9 @@ def shipyard_pre_proxy_reboot(ctx: Context, hosts: list[str]) -> None:
 
 @hookspec
 def shipyard_post_proxy_reboot(ctx: Context, hosts: list[str]) -> None:
-    """The proxy on ``hosts`` has been rebooted and is serving again. Return value
-    ignored.
+    """The proxy on ``hosts`` has been rebooted and is serving again (after each host with
+    ``--rolling``). Raising makes the command fail, but the new proxy stays up. Return
+    value ignored.
     """
 
 

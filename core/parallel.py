@@ -69,3 +69,14 @@ def on_hosts(
         else:
             results.succeeded[host] = value  # type: ignore[assignment]
     return results
+
+
+def report(ctx: Context, results: HostResults[T], render: Callable[[T], str | None]) -> None:
+    """Print each host's answer (``render`` → text, or None for nothing) with its host
+    prefix, in host order, then raise one error listing every host that failed."""
+    ctx.output.set_hosts([*results.succeeded, *results.failed])
+    for host, value in results.succeeded.items():
+        text = render(value)
+        if text:
+            ctx.output.result(text, host=host)
+    results.raise_failures()

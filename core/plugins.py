@@ -53,6 +53,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "shell_hooks",
     "ssh",
     "local",
+    "audit",
     "secrets_adapters",
 )
 PROJECT_HOOKS_NAME = "project"

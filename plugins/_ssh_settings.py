@@ -376,6 +376,14 @@ def settings_for(
 # ---------------------------------------------------------------------------- ssh(1)
 
 
+def remote_command(argv: Sequence[str]) -> str:
+    """The command line sent to sshd for ``argv``: quoted exactly once, because the
+    remote login shell splits it again (``sh -c LINE``)."""
+    if not argv:
+        raise ValueError("empty command")
+    return shlex.join(argv)
+
+
 def _option_value(path: str) -> str:
     """A file name inside an ``-o Key=value`` option (ssh splits on whitespace)."""
     return f'"{path}"' if any(c.isspace() for c in path) else path
@@ -452,7 +460,7 @@ def interactive_argv(
         args += ["-o", f"ProxyCommand={proxy}"]
     elif settings.proxy_command:
         args += ["-o", f"ProxyCommand={_escape_percent(settings.proxy_command)}"]
-    return [*args, "--", settings.hostname, shlex.join(argv)]
+    return [*args, "--", settings.hostname, remote_command(argv)]
 
 
 def include_config_text(paths: Sequence[str]) -> str:

@@ -43,6 +43,7 @@ from shipyard.plugins._ssh_settings import (
     SshSettings,
     include_config_text,
     interactive_argv,
+    remote_command,
     settings_for,
 )
 from shipyard.plugins.ssh import STATS
@@ -113,6 +114,11 @@ def configure_logging(level_name: str, output: Output) -> None:
     logger.propagate = False
 
 
+def _one_line(text: object) -> str:
+    """Error texts from paramiko and the OS, squeezed onto the one line a host gets."""
+    return " ".join(str(text).split())
+
+
 # ------------------------------------------------------------------------------ keys
 
 
@@ -140,7 +146,7 @@ def key_from_text(text: str) -> paramiko.PKey:
 
 
 def _key_problem(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
+    text = _one_line(error) or type(error).__name__
     if isinstance(error, paramiko.PasswordRequiredException) or "encrypted" in text.lower():
         return "is encrypted (load it into ssh-agent instead)"
     return f"cannot be read ({text})"
@@ -187,6 +193,10 @@ def _candidate_keys(settings: SshSettings) -> tuple[list[tuple[str, paramiko.PKe
 
 
 def _unreachable_reason(settings: SshSettings, error: BaseException) -> str:
+    return _one_line(_describe_unreachable(settings, error))
+
+
+def _describe_unreachable(settings: SshSettings, error: BaseException) -> str:
     where = f"{settings.hostname}:{settings.port}"
     if isinstance(error, socket.gaierror):
         return f"cannot resolve host name {settings.hostname} ({error.strerror or error})"
@@ -335,7 +345,9 @@ def open_connection(
         except _AuthFailed as failed:
             raise HostAuthFailed(host, str(failed)) from None
         except (OSError, EOFError, paramiko.SSHException) as error:
-            raise HostUnreachable(host, f"{prefix}connection to {settings.address} lost during authentication: {error}") from error
+            raise HostUnreachable(
+                host, _one_line(f"{prefix}connection to {settings.address} lost during authentication: {error}")
+            ) from error
     except BaseException:
         t.close()
         with contextlib.suppress(Exception):
@@ -356,12 +368,12 @@ def _tunnel(through: paramiko.Transport, settings: SshSettings, host: str, via: 
         )
     except paramiko.ChannelException as error:
         raise HostUnreachable(
-            host, f"jump host {via.address} cannot reach {settings.hostname}:{settings.port} ({error.text})"
+            host, _one_line(f"jump host {via.address} cannot reach {settings.hostname}:{settings.port} ({error.text})")
         ) from error
     except (OSError, EOFError, paramiko.SSHException) as error:
-        raise HostUnreachable(
-            host, f"jump host {via.address} failed to open a tunnel to {settings.hostname}:{settings.port}: {error}"
-        ) from error
+        raise HostUnreachable(host, _one_line(
+            f"jump host {via.address} failed to open a tunnel to {settings.hostname}:{settings.port}: {error}"
+        )) from error
 
 
 # ------------------------------------------------------------------------------ jump hosts
@@ -602,6 +614,18 @@ class SshTransport(Transport):
     def __repr__(self) -> str:
         return f"<SshTransport {self.host} {self.settings.route}>"
 
+    @property
+    def local_port(self) -> int | None:
+        """Our end's TCP port of a direct connection (sshd logs it: tests use it to
+        find this connection in sshd's log). None through a jump host or proxy."""
+        t = self._transport
+        sock = t.sock if t is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                port: int = sock.getsockname()[1]
+                return port
+        return None
+
     # -- connection ----------------------------------------------------------------------
 
     def connect(self) -> None:
@@ -646,7 +670,8 @@ class SshTransport(Transport):
             return self._transport
 
     def _lost(self, what: str, error: BaseException) -> HostUnreachable:
-        return HostUnreachable(self.host, f"connection to {self.settings.address} lost while {what}: {error or type(error).__name__}")
+        reason = _one_line(error) or type(error).__name__
+        return HostUnreachable(self.host, f"connection to {self.settings.address} lost while {what}: {reason}")
 
     def _session(self) -> paramiko.Channel:
         reconnected = False
@@ -662,7 +687,7 @@ class SshTransport(Transport):
                     busy += 1
                     time.sleep(min(0.02 * busy, 0.5))
                     continue
-                raise HostError(self.host, f"the server refused a new session: {error.text}") from error
+                raise HostError(self.host, f"the server refused a new session: {_one_line(error.text)}") from error
             except (OSError, EOFError, paramiko.SSHException) as error:
                 if not reconnected and not t.is_active():
                     reconnected = True  # the connection died under us: reconnect once
@@ -685,7 +710,7 @@ class SshTransport(Transport):
     ) -> CommandResult:
         if not argv:
             raise PluginError("ssh transport: run() needs a command")
-        command = shlex.join(argv)
+        command = remote_command(argv)
         self.output.detail(f"$ {command}", host=self.host)
         status, out, err = self._exec(command, argv, stdin=stdin, on_output=on_output, timeout=timeout)
         return CommandResult(
@@ -822,7 +847,7 @@ class SshTransport(Transport):
         except _NoSftp:
             pass
         except OSError as error:
-            raise HostError(self.host, f"cannot upload {remote_path}: {error.strerror or error}") from error
+            raise HostError(self.host, f"cannot upload {remote_path}: {_one_line(error.strerror or error)}") from error
         except (EOFError, paramiko.SSHException) as error:
             raise self._lost(f"uploading {remote_path}", error) from error
         data = content.read_bytes() if isinstance(content, Path) else content
@@ -831,10 +856,10 @@ class SshTransport(Transport):
             '|| { rm -f "$t"; exit 1; }'
         )
         argv = ["sh", "-c", script, "sh", path, f"{mode:04o}"]
-        status, _out, err = self._exec(shlex.join(argv), argv, stdin=data)
+        status, _out, err = self._exec(remote_command(argv), argv, stdin=data)
         if status != 0:
             tail = err.decode("utf-8", "replace").strip().splitlines()
-            raise HostError(self.host, f"cannot upload {remote_path}: {tail[-1] if tail else f'exit {status}'}")
+            raise HostError(self.host, f"cannot upload {remote_path}: {tail[-1].strip() if tail else f'exit {status}'}")
 
     @staticmethod
     def _sftp_upload(sftp: paramiko.SFTPClient, content: bytes | Path, path: str, mode: int) -> None:
@@ -876,11 +901,11 @@ class SshTransport(Transport):
         except _NoSftp:
             pass
         except OSError as error:
-            raise HostError(self.host, f"cannot download {remote_path}: {error.strerror or error}") from error
+            raise HostError(self.host, f"cannot download {remote_path}: {_one_line(error.strerror or error)}") from error
         except (EOFError, paramiko.SSHException) as error:
             raise self._lost(f"downloading {remote_path}", error) from error
         argv = ["cat", "--", path]
-        status, out, err = self._exec(shlex.join(argv), argv)
+        status, out, err = self._exec(remote_command(argv), argv)
         if status != 0:
             tail = err.decode("utf-8", "replace").strip().splitlines()
             raise HostError(self.host, f"cannot download {remote_path}: {tail[-1] if tail else f'exit {status}'}")

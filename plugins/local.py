@@ -263,6 +263,9 @@ class LocalRelay(LocalForward):
         if self._closed.is_set():
             return
         self._closed.set()
+        # shutdown() stops listening at once, even while the accept thread is in select().
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             sockets = list(self._sockets)

@@ -39,14 +39,20 @@ def rollback(ctx: Context, **_: object) -> None:
     """Rollback app to VERSION."""
 
 
-@planned("details")
+@command("details")
 def details(ctx: Context) -> None:
     """Show details about all containers."""
+    from shipyard.core import reports
+
+    reports.details(ctx)
 
 
-@planned("audit")
+@command("audit")
 def audit(ctx: Context) -> None:
     """Show audit log from servers."""
+    from shipyard.core import reports
+
+    reports.audit(ctx)
 
 
 @planned("remove")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shipyard.core.cli.runner import group, options, planned
+from shipyard.core.cli.runner import command, group, options, planned
 from shipyard.core.context import Context
 
 registry = group("registry", help="Login and -out of the image registry")
@@ -27,13 +27,19 @@ def remove(ctx: Context, **_: object) -> None:
     """Remove local registry or log out of remote registry locally and remotely."""
 
 
-@planned("login", parent=registry)
+@command("login", parent=registry)
 @sides
-def login(ctx: Context, **_: object) -> None:
+def login(ctx: Context, skip_local: bool, skip_remote: bool) -> None:
     """Log in to remote registry locally and remotely."""
+    from shipyard.core import registry as sessions
+
+    sessions.login(ctx, skip_local=skip_local, skip_remote=skip_remote)
 
 
-@planned("logout", parent=registry)
+@command("logout", parent=registry)
 @sides
-def logout(ctx: Context, **_: object) -> None:
+def logout(ctx: Context, skip_local: bool, skip_remote: bool) -> None:
     """Log out of remote registry locally and remotely."""
+    from shipyard.core import registry as sessions
+
+    sessions.logout(ctx, skip_local=skip_local, skip_remote=skip_remote)

@@ -21,8 +21,9 @@ from shipyard.core.config.schema import (
     RoleConfig,
 )
 
-RUN_DIRECTORY = ".shipyard"  # on the hosts, relative to the SSH user's home
 DEFAULT_REGISTRY = "docker.io"
+NETWORK = "shipyard"  # the Docker network apps and the proxy share on each host
+PROXY_CONTAINER = "shipyard-proxy"
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,18 @@ class Config:
             chosen_roles if not chosen_hosts else []
         )
         return chosen_roles, chosen_hosts
+
+    # -- paths on the hosts (relative to the SSH user's home) --------------------------------
+
+    @property
+    def run_directory(self) -> str:
+        """``.shipyard`` (``.kamal`` for an unconverted Kamal project, so its lock and audit
+        log stay where Kamal keeps them)."""
+        return self.state_dir.name
+
+    @property
+    def audit_log(self) -> str:
+        return f"{self.run_directory}/{self.service_and_destination}-audit.log"
 
     # -- paths on the deployer ------------------------------------------------------------
 
