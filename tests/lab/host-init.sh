@@ -9,9 +9,11 @@
 set -euo pipefail
 
 name=$1 host_dir=$2 log_dir=$3 cgroup_mounts=$4
+# lab.py shows the tail of this log when a host fails to start.
+trap 'echo "host-init $name: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
+# lab.py's launcher already wrote our pid to $host_dir/pids/init.pid.
 echo "host-init $name: pid $$" >&2
-echo $$ >"$host_dir/pids/init.pid"
 
 hostname "$name"
 

@@ -18,6 +18,7 @@ packages=(
   util-linux         # nsenter, unshare, setsid
   procps             # pgrep/ps, used by people debugging the lab
   make               # make lab-up / lab-down
+  python3            # runs lab.py; tests also run small scripts inside hosts
   tar
 )
 
