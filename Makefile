@@ -1,5 +1,12 @@
 # Shipyard developer targets.
 #
+#   make test           everything, on a fresh machine: packages, venv, lint, unit, proxy,
+#                       and integration tests against a throwaway lab (what .ci/run calls)
+#   make demo           the README's main job
+#   make venv           .venv with shipyard installed editable, plus the dev tools
+#   make lint           ruff, and mypy --strict on core/, plugins/ and proxy/
+#   make test-fast      the unit tier only
+#
 # Multi-host test lab (tests/lab/README.md): hosts h1..hN in network namespaces on
 # this machine, each with its own sshd and dockerd. Needs root.
 #   make lab-up N=3     bring it up (installs the Debian packages it needs first)
@@ -13,7 +20,30 @@ N ?= 3
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 LAB := $(PYTHON) tests/lab/lab.py
 
-.PHONY: lab-packages lab-up lab-down lab-status lab-test lab-clean
+.PHONY: lab-packages lab-up lab-down lab-status lab-test lab-clean venv lint test test-fast demo
+
+VENV := .venv
+# The interpreter that makes the venv; python3 >= 3.11.
+SYSTEM_PYTHON ?= python3
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	.ci/lint
+
+test-fast: venv
+	$(VENV)/bin/pytest -m unit -q
+
+test: lab-packages venv lint
+	bash .ci/test-all
+
+demo: lab-packages venv
+	bash examples/demo.sh
 
 lab-packages:
 	bash tests/lab/install-packages.sh
