@@ -127,14 +127,23 @@ class ConnectionPool:
     _transports: dict[str, Transport] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _host_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _pre_connect_lock: threading.RLock = field(default_factory=threading.RLock)
     _pre_connect_done: bool = False
 
+    def pre_connect(self) -> None:
+        """Fire the pre-connect hook if this run has not yet (commands that build call this
+        before the build, as Kamal does)."""
+        # Other threads wait until the hook has finished; the hook's own thread re-enters
+        # (an RLock) and finds it done, so a hook that connects somewhere cannot recurse.
+        with self._pre_connect_lock:
+            if self._pre_connect_done:
+                return
+            self._pre_connect_done = True
+            self.ctx.hooks.pre_connect(self.ctx)
+
     def get(self, host: str) -> Transport:
+        self.pre_connect()
         with self._lock:
-            if not self._pre_connect_done:
-                # Set first: a pre-connect hook that itself needs a connection must not recurse.
-                self._pre_connect_done = True
-                self.ctx.hooks.pre_connect(self.ctx)
             if host in self._transports:
                 return self._transports[host]
             host_lock = self._host_locks.setdefault(host, threading.Lock())

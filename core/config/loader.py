@@ -72,7 +72,8 @@ def load_config(
         if not isinstance(source.data, dict):
             raise ConfigError([f"{source.display}:1: (top level): expected a mapping of keys such as `service:`"])
         data = deep_merge(data, source.data)
-    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    extensions = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith("x-")}
+    data = {k: v for k, v in data.items() if k not in extensions}
     schema = _validate(data, sources)
     _check_rules(schema, data, sources, destination, known_commands)
     return Config(
@@ -82,6 +83,7 @@ def load_config(
         files=[s.path for s in sources],
         destination=destination,
         state_dir=state_dir_for(project_dir),
+        extensions=extensions,
     )
 
 

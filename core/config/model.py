@@ -108,6 +108,7 @@ class Config:
         files: list[Path],
         destination: str | None,
         state_dir: Path,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         self.schema = schema
         self.data = data  # the merged YAML data, for `shipyard config`
@@ -115,6 +116,9 @@ class Config:
         self.files = files
         self.destination = destination
         self.state_dir = state_dir  # `.shipyard`, or `.kamal` for an unconverted Kamal project
+        # Top-level `x-` keys: ignored by Kamal and by our schema, so plugins keep their own
+        # settings there (`x-shipyard: {broadcast: ...}`) and validate them themselves.
+        self.extensions = dict(extensions or {})
         self.roles = self._resolve_roles()
 
     # -- names --------------------------------------------------------------------------
@@ -150,6 +154,11 @@ class Config:
 
     def container_name(self, role: str, version: str) -> str:
         return f"{self.container_prefix(role)}-{version}"
+
+    def plugin_settings(self, name: str) -> Any:
+        """The ``x-shipyard.<name>`` block of the config, or None."""
+        block = self.extensions.get("x-shipyard")
+        return block.get(name) if isinstance(block, dict) else None
 
     # -- roles and hosts ----------------------------------------------------------------
 
