@@ -39,6 +39,8 @@ class AuditEvent:
     destination: str | None = None
     role: str | None = None
     hosts: tuple[str, ...] = ()  # where it happened; empty means every host in play
+    #: Extra facts (``version``, ``runtime``...). ``broadcast: "true"`` asks broadcast
+    #: plugins to send the event on (deploy and rollback results, ``shipyard broadcast``).
     details: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:

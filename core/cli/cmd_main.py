@@ -68,6 +68,14 @@ def upgrade(ctx: Context, **_: object) -> None:
     """Upgrade from Kamal 1.x to 2.0."""
 
 
+@command("broadcast")
+@click.option("-m", "--message", required=True, help="The message to send.")
+def broadcast(ctx: Context, message: str) -> None:
+    """Send a message through the broadcast plugins (and the audit log)."""
+    ctx.audit(message, broadcast="true")
+    ctx.output.info(f"Broadcast: {message}")
+
+
 @command("config")
 def config(ctx: Context) -> None:
     """Show combined config (secrets redacted)."""

@@ -8,6 +8,7 @@ TOP_LEVEL: dict[str, tuple[str, str, str]] = {
     "accessory": ("cmd_accessory", "accessory", "Manage accessories (db/redis/search)"),
     "app": ("cmd_app", "app", "Manage application"),
     "audit": ("cmd_main", "audit", "Show audit log from servers"),
+    "broadcast": ("cmd_main", "broadcast", "Send a message through the broadcast plugins (and the audit log)"),
     "build": ("cmd_build", "build", "Build application image"),
     "config": ("cmd_main", "config", "Show combined config (secrets redacted)"),
     "deploy": ("cmd_main", "deploy", "Deploy app to servers"),

@@ -35,7 +35,7 @@ GLOBAL_FLAGS = ["-v, --verbose", "-q, --quiet", "--version VERSION", "-p, --prim
 def test_help_lists_kamals_command_tree(shipyard_project: Project) -> None:
     help_text = shipyard_project.run("--help").assert_ok().stdout
     listed = set(re.findall(r"^  (\w+)  ", help_text.split("Commands:")[1], re.M))
-    assert listed == KAMAL_TOP_LEVEL | {"plugins"}
+    assert listed == KAMAL_TOP_LEVEL | {"plugins", "broadcast"}
     for flag in GLOBAL_FLAGS:
         assert flag in help_text
 
