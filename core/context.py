@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shipyard.core.output import Output
 from shipyard.core.transport import ConnectionPool
@@ -60,6 +60,9 @@ class Context:
 
     def __post_init__(self) -> None:
         self.connections = ConnectionPool(self)
+        #: Per-run scratch space for plugins (open tunnels, queued audit lines...), keyed
+        #: by the plugin's name.
+        self.state: dict[str, Any] = {}
 
     def __repr__(self) -> str:  # short, because --trace prints it for every hook call
         name = " ".join(p for p in (self.command, self.subcommand) if p)

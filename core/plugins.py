@@ -54,7 +54,14 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "ssh",
     "local",
     "audit",
+    "docker_build",
+    "rolling_boot",
+    "app_boot",
+    "proxy",
+    "prune",
     "secrets_adapters",
+    "ci_check",
+    "broadcast",
 )
 PROJECT_HOOKS_NAME = "project"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import click
 
-from shipyard.core.cli.runner import group, options, planned
+from shipyard.core.cli.runner import command, group, options
 from shipyard.core.context import Context
 
 app = group("app", help="Manage application")
@@ -19,76 +21,98 @@ log_options = options(
 )
 
 
-@planned("boot", parent=app)
+def _ops() -> ModuleType:
+    # The app module imports the lifecycle; only commands that run pay for it.
+    from shipyard.core import app as operations
+
+    return operations
+
+
+@command("boot", parent=app)
 def boot(ctx: Context) -> None:
     """Boot app on servers (or reboot app if already running)."""
+    _ops().boot(ctx)
 
 
-@planned("start", parent=app)
+@command("start", parent=app)
 def start(ctx: Context) -> None:
     """Start existing app container on servers."""
+    _ops().start(ctx)
 
 
-@planned("stop", parent=app)
+@command("stop", parent=app)
 def stop(ctx: Context) -> None:
     """Stop app container on servers."""
+    _ops().stop(ctx)
 
 
-@planned("details", parent=app)
+@command("details", parent=app)
 def details(ctx: Context) -> None:
     """Show details about app containers."""
+    _ops().details(ctx)
 
 
-@planned("exec", parent=app)
+@command("exec", parent=app, context_settings={"ignore_unknown_options": True})
 @click.option("-i", "--interactive", is_flag=True, help="Execute command over ssh for an interactive shell (use for console/bash).")
 @click.option("--reuse", is_flag=True, help="Reuse currently running container instead of starting a new one.")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY:VALUE", help="Set environment variables for the command.")
 @click.option("--detach", is_flag=True, help="Execute command in a detached container.")
-@click.argument("cmd", nargs=-1, required=True)
-def exec_(ctx: Context, **_: object) -> None:
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(ctx: Context, interactive: bool, reuse: bool, env: tuple[str, ...], detach: bool, cmd: tuple[str, ...]) -> None:
     """Execute a custom command on servers within the app container (use --help to show options)."""
+    _ops().exec_(ctx, cmd, interactive=interactive, reuse=reuse, env=env, detach=detach)
 
 
-@planned("containers", parent=app)
+@command("containers", parent=app)
 def containers(ctx: Context) -> None:
     """Show app containers on servers."""
+    _ops().containers(ctx)
 
 
-@planned("images", parent=app)
+@command("images", parent=app)
 def images(ctx: Context) -> None:
     """Show app images on servers."""
+    _ops().images(ctx)
 
 
-@planned("logs", parent=app)
+@command("logs", parent=app)
 @log_options
 @click.option("--container-id", help="Docker container ID to fetch logs.")
-def logs(ctx: Context, **_: object) -> None:
+def logs(ctx: Context, since: str | None, lines: int | None, grep: str | None, grep_options: str | None,
+         follow: bool, skip_timestamps: bool, container_id: str | None) -> None:
     """Show log lines from app on servers (use --help to show options)."""
+    _ops().logs(ctx, since=since, lines=lines, grep=grep, grep_options=grep_options, follow=follow,
+                skip_timestamps=skip_timestamps, container_id=container_id)
 
 
-@planned("stale_containers", parent=app)
+@command("stale_containers", parent=app)
 @click.option("-s", "--stop", is_flag=True, help="Stop the stale containers found.")
-def stale_containers(ctx: Context, **_: object) -> None:
+def stale_containers(ctx: Context, stop: bool) -> None:
     """Detect app stale containers."""
+    _ops().stale_containers(ctx, stop=stop)
 
 
-@planned("version", parent=app)
+@command("version", parent=app)
 def version(ctx: Context) -> None:
     """Show app version currently running on servers."""
+    _ops().version(ctx)
 
 
-@planned("maintenance", parent=app)
+@command("maintenance", parent=app)
 @click.option("--drain-timeout", type=int, help="How long to allow in-flight requests to complete (defaults to drain_timeout from config).")
 @click.option("--message", help="Message to display to clients while stopped.")
-def maintenance(ctx: Context, **_: object) -> None:
+def maintenance(ctx: Context, drain_timeout: int | None, message: str | None) -> None:
     """Set the app to maintenance mode."""
+    _ops().maintenance(ctx, drain_timeout=drain_timeout, message=message)
 
 
-@planned("live", parent=app)
+@command("live", parent=app)
 def live(ctx: Context) -> None:
     """Set the app to live mode."""
+    _ops().live(ctx)
 
 
-@planned("remove", parent=app)
+@command("remove", parent=app)
 def remove(ctx: Context) -> None:
     """Remove app containers and images from servers."""
+    _ops().remove(ctx)

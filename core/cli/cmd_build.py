@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from shipyard.core.cli.runner import group, planned
+from shipyard.core.cli.runner import command, group, planned
 from shipyard.core.context import Context
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 build = group("build", help="Build application image")
 
+no_cache_option = click.option("--no-cache", is_flag=True, help="Build without using Docker's build cache.")
+
+
+def _docker_build(ctx: Context) -> ModuleType:
+    """The built-in builder, for the commands that are about it rather than about the
+    build hooks (a plugin replacing the build step does not change what these show)."""
+    from shipyard.core.errors import ShipyardError
+
+    if ctx.plugins.is_blocked("docker_build") or not ctx.plugins.has_plugin("docker_build"):
+        raise ShipyardError("the docker_build plugin is disabled (--no-plugin / SHIPYARD_DISABLE_PLUGINS)")
+    from shipyard.plugins import docker_build
+
+    return docker_build
+
 
 @planned("deliver", parent=build)
-@click.option("--no-cache", is_flag=True, help="Build without using Docker's build cache.")
+@no_cache_option
 def deliver(ctx: Context, **_: object) -> None:
     """Build app and push app image to registry then pull image on servers."""
 
 
-@planned("push", parent=build)
-@click.option("--no-cache", is_flag=True, help="Build without using Docker's build cache.")
-def push(ctx: Context, **_: object) -> None:
+@command("push", parent=build)
+@no_cache_option
+def push(ctx: Context, no_cache: bool) -> None:
     """Build and push app image to registry."""
+    from shipyard.core.build import build_and_push
+
+    build_and_push(ctx, no_cache=no_cache)
 
 
 @planned("pull", parent=build)
@@ -27,22 +49,28 @@ def pull(ctx: Context) -> None:
     """Pull app image from registry onto servers."""
 
 
-@planned("details", parent=build)
+@command("details", parent=build)
 def details(ctx: Context) -> None:
     """Show build setup."""
+    plugin = _docker_build(ctx)
+    info = plugin.build_details(ctx)
+    ctx.output.data("build_details", info, plugin.details_text(info))
 
 
-@planned("create", parent=build)
+@command("create", parent=build)
 def create(ctx: Context) -> None:
     """Create a build setup (the classic builder needs none)."""
+    ctx.output.result("Nothing to create: shipyard builds with the local engine's classic builder, which needs no setup")
 
 
-@planned("remove", parent=build)
+@command("remove", parent=build)
 def remove(ctx: Context) -> None:
     """Remove build setup."""
+    ctx.output.result("Nothing to remove: shipyard builds with the local engine's classic builder, which needs no setup")
 
 
-@planned("dev", parent=build)
-@click.option("--no-cache", is_flag=True, help="Build without using Docker's build cache.")
-def dev(ctx: Context, **_: object) -> None:
-    """Build the working tree into the local image store, tagged -dirty."""
+@command("dev", parent=build)
+@no_cache_option
+def dev(ctx: Context, no_cache: bool) -> None:
+    """Build the working tree into the local image store, tagged :dirty."""
+    _docker_build(ctx).build_dev(ctx, no_cache=no_cache)

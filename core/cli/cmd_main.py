@@ -12,31 +12,43 @@ no_cache = click.option("--no-cache", is_flag=True, help="Build without using Do
 confirmed = click.option("-y", "--confirmed", is_flag=True, help="Proceed without confirmation question.")
 
 
-@planned("setup")
+@command("setup")
 @skip_push
 @no_cache
-def setup(ctx: Context, **_: object) -> None:
+def setup(ctx: Context, skip_push: bool, no_cache: bool) -> None:
     """Setup all accessories, push the env, and deploy app to servers."""
+    from shipyard.core import lifecycle
+
+    lifecycle.setup(ctx, skip_push=skip_push, no_cache=no_cache)
 
 
-@planned("deploy")
+@command("deploy")
 @skip_push
 @no_cache
-def deploy(ctx: Context, **_: object) -> None:
+def deploy(ctx: Context, skip_push: bool, no_cache: bool) -> None:
     """Deploy app to servers."""
+    from shipyard.core import lifecycle
+
+    lifecycle.deploy(ctx, skip_push=skip_push, no_cache=no_cache)
 
 
-@planned("redeploy")
+@command("redeploy")
 @skip_push
 @no_cache
-def redeploy(ctx: Context, **_: object) -> None:
+def redeploy(ctx: Context, skip_push: bool, no_cache: bool) -> None:
     """Deploy app to servers without bootstrapping servers, starting the proxy and pruning."""
+    from shipyard.core import lifecycle
+
+    lifecycle.redeploy(ctx, skip_push=skip_push, no_cache=no_cache)
 
 
-@planned("rollback")
+@command("rollback")
 @click.argument("version_to_rollback", metavar="VERSION")
-def rollback(ctx: Context, **_: object) -> None:
+def rollback(ctx: Context, version_to_rollback: str) -> None:
     """Rollback app to VERSION."""
+    from shipyard.core import lifecycle
+
+    lifecycle.rollback(ctx, version_to_rollback)
 
 
 @command("details")
@@ -55,10 +67,24 @@ def audit(ctx: Context) -> None:
     reports.audit(ctx)
 
 
-@planned("remove")
+@command("remove")
 @confirmed
-def remove(ctx: Context, **_: object) -> None:
+def remove(ctx: Context, confirmed: bool) -> None:
     """Remove the proxy, app, accessories, and registry session from servers."""
+    from shipyard.core import app, registry
+    from shipyard.core.lock import deploy_lock
+    from shipyard.plugins import proxy
+
+    if not confirmed and not click.confirm(
+        f"This will remove {ctx.config.service}'s containers, images and directories (and the proxy, "
+        "if no other app uses it) from the servers. Are you sure?", default=False, err=True
+    ):
+        return
+    with deploy_lock(ctx):
+        app.remove_everything(ctx)
+        proxy.remove(ctx, force=False)
+    if ctx.config.schema.registry.server and not ctx.config.schema.registry.is_local and ctx.config.schema.registry.username:
+        registry.logout(ctx, skip_local=True, skip_remote=False)
 
 
 @planned("upgrade")

@@ -59,7 +59,8 @@ def test_tree_table_matches_the_modules() -> None:
 
 def test_planned_commands_exit_2_without_pretending(shipyard_project: Project) -> None:
     shipyard_project.write_config(MINIMAL_CONFIG)
-    for argv, name in ((["deploy"], "deploy"), (["app", "boot"], "app boot"), (["prune", "all"], "prune all")):
+    for argv, name in ((["upgrade"], "upgrade"), (["accessory", "boot", "all"], "accessory boot"),
+                       (["registry", "setup"], "registry setup")):
         result = shipyard_project.run(*argv)
         assert (result.exit_code, result.stderr, result.stdout) == (2, f"not implemented yet: {name}\n", "")
 

@@ -107,6 +107,6 @@ def test_recorder_sees_command_hooks_in_order(project: Project, shipyard_hook_re
 
 
 def test_post_command_sees_failures(project: Project, shipyard_hook_recorder: HookRecorder) -> None:
-    assert project.run("deploy").exit_code == 2
+    assert project.run("upgrade").exit_code == 2
     outcome = shipyard_hook_recorder.getcalls("post_command")[0].kwargs["outcome"]
-    assert outcome.exit_code == 2 and str(outcome.error) == "not implemented yet: deploy"
+    assert outcome.exit_code == 2 and str(outcome.error) == "not implemented yet: upgrade"
