@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 STOPPED = ("created", "exited", "dead")
 # One listing: containers, a separator, then image tags.
 _LIST = (
-    'docker ps --all --filter "label=service=$1" --format "{{.ID}} {{.State}} {{.Image}}" && echo ---8<--- && '
+    'docker ps --all --filter "label=service=$1" --format "{{.ID}} {{.State}} {{.Image}}" && echo "---8<---" && '
     'docker image ls --filter "label=service=$1" --format "{{.Repository}}:{{.Tag}}"'
 )
 # $1 service, $2 "dangling" to prune dangling images too; then container ids up to "--",

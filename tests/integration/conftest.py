@@ -119,3 +119,11 @@ def _lab_restored(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if instance is not None:
         instance.restore()
+
+
+@pytest.fixture(scope="session")
+def proxy_image(lab: Lab) -> str:
+    """shipyard-proxy's image, built on the lab's Python base, in the lab registry."""
+    from deploy_helpers import build_proxy_image
+
+    return build_proxy_image()
