@@ -121,14 +121,20 @@ def pull(ctx: Context) -> None:
 
 
 def boot_proxies(ctx: Context) -> None:
+    """The ``shipyard`` network on every host, and the proxy on every host of a proxied
+    role."""
     from shipyard.plugins import proxy
 
-    def boot_on(transport: Transport) -> str:
+    proxied = set(proxy.proxy_hosts(ctx.config, ctx.hosts))
+
+    def boot_on(transport: Transport) -> str | None:
+        if transport.host not in proxied:
+            proxy.ensure_network(transport)
+            return None
         registry_tunnel.ensure(ctx, transport)
         return proxy.boot(ctx, transport)
 
-    hosts = proxy.proxy_hosts(ctx.config, ctx.hosts)
-    report(ctx, on_hosts(ctx, hosts, boot_on), lambda line: line)
+    report(ctx, on_hosts(ctx, ctx.hosts, boot_on), lambda line: line)
 
 
 # --- app boot ----------------------------------------------------------------------------

@@ -99,6 +99,12 @@ _PREPARE = (
 )
 
 
+def ensure_network(transport: Transport) -> None:
+    created = transport.run(remote_docker.network_create(NETWORK))
+    if not created.ok and "already exists" not in created.stderr:
+        created.check()
+
+
 def boot(ctx: Context, transport: Transport) -> str:
     """Start the proxy container on this host if it is not running (a running proxy is
     never reconfigured; that takes ``proxy reboot``). Returns what happened."""

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from shipyard.core.cli.runner import command, group, planned
+from shipyard.core.cli.runner import command, group
 from shipyard.core.context import Context
 
 if TYPE_CHECKING:
@@ -29,10 +29,13 @@ def _docker_build(ctx: Context) -> ModuleType:
     return docker_build
 
 
-@planned("deliver", parent=build)
+@command("deliver", parent=build)
 @no_cache_option
-def deliver(ctx: Context, **_: object) -> None:
+def deliver(ctx: Context, no_cache: bool) -> None:
     """Build app and push app image to registry then pull image on servers."""
+    from shipyard.core import lifecycle
+
+    lifecycle.deliver(ctx, build=True, no_cache=no_cache)
 
 
 @command("push", parent=build)
@@ -44,9 +47,13 @@ def push(ctx: Context, no_cache: bool) -> None:
     build_and_push(ctx, no_cache=no_cache)
 
 
-@planned("pull", parent=build)
+@command("pull", parent=build)
 def pull(ctx: Context) -> None:
     """Pull app image from registry onto servers."""
+    from shipyard.core import lifecycle
+
+    ctx.connections.pre_connect()
+    lifecycle.pull(ctx)
 
 
 @command("details", parent=build)

@@ -93,7 +93,7 @@ def test_rollback_to_v1_serves_v1_everywhere(web_and_workers: DeployProject, lab
     assert load.failed == 0, load.failures
     assert serving(lab, [h1, h2]) == ["hello from demo v1", "hello from demo v1"]
     assert h3.run("docker ps --filter label=role=workers --format '{{.Names}}'").stdout.split() == ["demo-workers-v1"]
-    assert web_and_workers.run("app", "version").ok().stdout.split() == [
+    assert web_and_workers.run("app", "version", "-q").ok().stdout.split() == [
         f"[{h1.address}]", "v1", f"[{h2.address}]", "v1", f"[{h3.address}]", "v1"]
 
 
@@ -117,6 +117,7 @@ def test_audit_shows_v1_v2_v1_booted_in_order_with_utc_times(web_and_workers: De
 def test_a_broken_deploy_changes_nothing_that_serves(web_and_workers: DeployProject, lab: Any) -> None:
     h1, h2, h3 = lab.hosts[:3]
     web_and_workers.run("deploy", "--version", "v2").ok()  # back to v2, then break v3
+    hook_log(web_and_workers)
     web_and_workers.configure({"web": [h1.address, h2.address],
                                "workers": {"hosts": [h3.address], "cmd": "python3 /app/app.py worker"}},
                               env={"clear": {"APP_NAME": "demo", "APP_BROKEN": "1"}}, deploy_timeout=5)
@@ -138,7 +139,7 @@ def test_a_broken_deploy_changes_nothing_that_serves(web_and_workers: DeployProj
 
 def test_a_hooks_py_veto_stops_before_any_host_changes(web_and_workers: DeployProject, lab: Any) -> None:
     h1, h2 = lab.hosts[:2]
-    before = [host.run("docker ps -a --format '{{.Names}} {{.Status}}'").stdout for host in (h1, h2)]
+    before = [host.run("docker ps -a --format '{{.Names}} {{.State}} {{.ID}}'").stdout for host in (h1, h2)]
     hooks_py = web_and_workers.path / ".shipyard" / "hooks.py"
     hooks_py.write_text(
         "from shipyard.core.records import Veto\n\n"
@@ -151,7 +152,7 @@ def test_a_hooks_py_veto_stops_before_any_host_changes(web_and_workers: DeployPr
         hooks_py.unlink()
     assert result.exit_code == 1
     assert "Hook `pre-deploy` in plugin 'project' aborted: release freeze: no deploys on Fridays" in result.stderr
-    after = [host.run("docker ps -a --format '{{.Names}} {{.Status}}'").stdout for host in (h1, h2)]
+    after = [host.run("docker ps -a --format '{{.Names}} {{.State}} {{.ID}}'").stdout for host in (h1, h2)]
     assert [set(a.splitlines()) for a in after] == [set(b.splitlines()) for b in before]
     assert "There is no deploy lock" in web_and_workers.run("lock", "status").ok().stdout
 
@@ -184,5 +185,5 @@ def test_a_red_ci_status_vetoes_the_deploy(web_and_workers: DeployProject, lab: 
     finally:
         server.shutdown()
     assert result.exit_code == 1
-    assert "plugin 'ci_check' aborted: CI status for v2 is failure: ci/tests" in result.stderr
+    assert "plugin 'ci_check' aborted: CI status for xxxxxxx is failure: ci/tests (3 tests failed)" in result.stderr
     assert serving(lab, [h1, h2]) == ["hello from demo v2", "hello from demo v2"]

@@ -35,7 +35,7 @@ def test_boot_limit_one_boots_hosts_one_at_a_time(lab: Any, proxy_image: str, tm
     # Each host's new container started after the previous group's post-app-boot.
     started = []
     for host in hosts:
-        inspect = host.run("docker inspect --format '{{.State.StartedAt}}' rolling-web-r2").stdout.strip()
+        inspect = host.run("docker inspect --format '{{.State.StartedAt}}' demo-web-r2").stdout.strip()
         started.append(int(subprocess.run(["date", "-d", inspect, "+%s%N"], capture_output=True, text=True,
                                           check=True).stdout))
     post_stamps = [int(stamp) for stamp, hook, _ in events if hook == "post-app-boot"]
