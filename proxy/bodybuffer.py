@@ -39,7 +39,8 @@ class SpillBuffer:
         if self._file is None:
             self._memory += data[:room]
             data = data[room:]
-            self._file = tempfile.TemporaryFile(prefix="proxy-buffer-")
+            # Closed explicitly in close(); it outlives this call by design.
+            self._file = tempfile.TemporaryFile(prefix="proxy-buffer-")  # noqa: SIM115
         self._file.write(data)
 
     @property

@@ -7,6 +7,7 @@ through ``docker exec`` on every deploy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -64,11 +65,11 @@ def run_server(args: ParsedArgs, prog: str) -> int:
     from .server import ServerConfig, serve  # heavy imports only for `run`
 
     config = ServerConfig(
-        http_port=args.int("http-port"),
-        https_port=args.int("https-port"),
-        metrics_port=args.int("metrics-port"),
-        debug=args.bool("debug"),
-        http3=args.bool("http3"),
+        http_port=args.get_int("http-port"),
+        https_port=args.get_int("https-port"),
+        metrics_port=args.get_int("metrics-port"),
+        debug=args.get_bool("debug"),
+        http3=args.get_bool("http3"),
     )
     return serve(config)
 
@@ -81,44 +82,46 @@ def deploy(args: ParsedArgs, prog: str) -> int:
         if limit in args.changed and buffering not in args.changed:
             raise CLIError(f"{limit} can only be set when {what} buffering is enabled")
     forward_headers = (
-        args.bool("forward-headers") if "forward-headers" in args.changed else not args.bool("tls")
+        args.get_bool("forward-headers")
+        if "forward-headers" in args.changed
+        else not args.get_bool("tls")
     )
     service_options = ServiceOptions(
-        hosts=args.list("host"),
-        path_prefixes=args.list("path-prefix"),
-        tls_enabled=args.bool("tls"),
-        tls_certificate_path=args.str("tls-certificate-path"),
-        tls_private_key_path=args.str("tls-private-key-path"),
-        tls_on_demand_url=args.str("tls-on-demand-url"),
-        tls_redirect=args.bool("tls-redirect"),
-        canonical_host=args.str("canonical-host"),
-        acme_directory=ACME_STAGING_DIRECTORY if args.bool("tls-staging") else "",
-        acme_cache_path=args.str("tls-acme-cache-path"),
-        error_page_path=args.str("error-pages"),
-        strip_prefix=args.bool("strip-path-prefix"),
-        writer_affinity_timeout=args.int("writer-affinity-timeout"),
-        read_targets_accept_websockets=args.bool("read-target-websockets"),
-        exclude_metrics_paths=args.list("exclude-metrics-path"),
-        client_ip_header=args.str("client-ip-header"),
+        hosts=args.get_list("host"),
+        path_prefixes=args.get_list("path-prefix"),
+        tls_enabled=args.get_bool("tls"),
+        tls_certificate_path=args.get_str("tls-certificate-path"),
+        tls_private_key_path=args.get_str("tls-private-key-path"),
+        tls_on_demand_url=args.get_str("tls-on-demand-url"),
+        tls_redirect=args.get_bool("tls-redirect"),
+        canonical_host=args.get_str("canonical-host"),
+        acme_directory=ACME_STAGING_DIRECTORY if args.get_bool("tls-staging") else "",
+        acme_cache_path=args.get_str("tls-acme-cache-path"),
+        error_page_path=args.get_str("error-pages"),
+        strip_prefix=args.get_bool("strip-path-prefix"),
+        writer_affinity_timeout=args.get_int("writer-affinity-timeout"),
+        read_targets_accept_websockets=args.get_bool("read-target-websockets"),
+        exclude_metrics_paths=args.get_list("exclude-metrics-path"),
+        client_ip_header=args.get_str("client-ip-header"),
     )
     target_options = TargetOptions(
         health_check_config=HealthCheckConfig(
-            path=args.str("health-check-path"),
-            port=args.int("health-check-port"),
-            interval=args.int("health-check-interval"),
-            timeout=args.int("health-check-timeout"),
-            host=args.str("health-check-host"),
+            path=args.get_str("health-check-path"),
+            port=args.get_int("health-check-port"),
+            interval=args.get_int("health-check-interval"),
+            timeout=args.get_int("health-check-timeout"),
+            host=args.get_str("health-check-host"),
         ),
-        response_timeout=args.int("target-timeout"),
-        buffer_requests=args.bool("buffer-requests"),
-        buffer_responses=args.bool("buffer-responses"),
-        max_memory_buffer_size=args.int("buffer-memory"),
-        max_request_body_size=args.int("max-request-body"),
-        max_response_body_size=args.int("max-response-body"),
-        log_request_headers=args.list("log-request-header"),
-        log_response_headers=args.list("log-response-header"),
+        response_timeout=args.get_int("target-timeout"),
+        buffer_requests=args.get_bool("buffer-requests"),
+        buffer_responses=args.get_bool("buffer-responses"),
+        max_memory_buffer_size=args.get_int("buffer-memory"),
+        max_request_body_size=args.get_int("max-request-body"),
+        max_response_body_size=args.get_int("max-response-body"),
+        log_request_headers=args.get_list("log-request-header"),
+        log_response_headers=args.get_list("log-response-header"),
         forward_headers=forward_headers,
-        scope_cookie_paths=args.bool("scope-cookie-paths"),
+        scope_cookie_paths=args.get_bool("scope-cookie-paths"),
     )
     problem = validate_service_options(service_options)
     if problem:
@@ -127,11 +130,11 @@ def deploy(args: ParsedArgs, prog: str) -> int:
         "deploy",
         {
             "name": args.positionals[0],
-            "targets": args.list("target"),
-            "readers": args.list("read-target"),
-            "deploy_timeout": args.int("deploy-timeout"),
-            "drain_timeout": args.int("drain-timeout"),
-            "force": args.bool("force"),
+            "targets": args.get_list("target"),
+            "readers": args.get_list("read-target"),
+            "deploy_timeout": args.get_int("deploy-timeout"),
+            "drain_timeout": args.get_int("drain-timeout"),
+            "force": args.get_bool("force"),
             "service_options": service_options_to_json(service_options),
             "target_options": target_options_to_json(target_options),
         },
@@ -149,8 +152,8 @@ def pause(args: ParsedArgs, prog: str) -> int:
         "pause",
         {
             "name": args.positionals[0],
-            "drain_timeout": args.int("drain-timeout"),
-            "pause_timeout": args.int("max-pause"),
+            "drain_timeout": args.get_int("drain-timeout"),
+            "pause_timeout": args.get_int("max-pause"),
         },
     )
     return 0
@@ -161,8 +164,8 @@ def stop(args: ParsedArgs, prog: str) -> int:
         "stop",
         {
             "name": args.positionals[0],
-            "drain_timeout": args.int("drain-timeout"),
-            "message": args.str("message"),
+            "drain_timeout": args.get_int("drain-timeout"),
+            "message": args.get_str("message"),
         },
     )
     return 0
@@ -178,10 +181,10 @@ def rollout_deploy(args: ParsedArgs, prog: str) -> int:
         "rollout_deploy",
         {
             "name": args.positionals[0],
-            "targets": args.list("target"),
-            "readers": args.list("read-target"),
-            "deploy_timeout": args.int("deploy-timeout"),
-            "drain_timeout": args.int("drain-timeout"),
+            "targets": args.get_list("target"),
+            "readers": args.get_list("read-target"),
+            "deploy_timeout": args.get_int("deploy-timeout"),
+            "drain_timeout": args.get_int("drain-timeout"),
         },
     )
     return 0
@@ -190,7 +193,11 @@ def rollout_deploy(args: ParsedArgs, prog: str) -> int:
 def rollout_set(args: ParsedArgs, prog: str) -> int:
     _call(
         "rollout_set",
-        {"name": args.positionals[0], "percent": args.int("percent"), "allowlist": args.list("list")},
+        {
+            "name": args.positionals[0],
+            "percent": args.get_int("percent"),
+            "allowlist": args.get_list("list"),
+        },
     )
     return 0
 
@@ -265,7 +272,9 @@ DEPLOY_FLAGS = [
     Flag("health-check-path", "string", "/up", "Path to check for health"),
     Flag("health-check-port", "int", 0, "Port to check for health (0 = target port)"),
     Flag("health-check-host", "string", "", "Host header for health checks"),
-    Flag("writer-affinity-timeout", "duration", _d(1), "Time after a write to keep reads on writers"),
+    Flag(
+        "writer-affinity-timeout", "duration", _d(1), "Time after a write to keep reads on writers"
+    ),
     Flag("read-target-websockets", "bool", False, "Route WebSocket traffic to read targets"),
     Flag("target-timeout", "duration", _d(30), "Maximum time to wait for the target to respond"),
     Flag("buffer-requests", "bool", False, "Enable request buffering"),
@@ -286,7 +295,9 @@ RUN_FLAGS = [
     Flag("debug", "bool", False, "Include debugging logs"),
     Flag("http-port", "int", 80, "Port to serve HTTP traffic on"),
     Flag("https-port", "int", 443, "Port to serve HTTPS traffic on"),
-    Flag("metrics-port", "int", 0, "Publish metrics on the specified port (default zero to disable)"),
+    Flag(
+        "metrics-port", "int", 0, "Publish metrics on the specified port (default zero to disable)"
+    ),
     Flag("http3", "bool", False, "Enable HTTP/3 (accepted, not supported)"),
 ]
 
@@ -298,7 +309,9 @@ RUN_ENV_KEYS = {
 }
 
 
-def run_env_defaults(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[str, FlagValue]:
+def run_env_defaults(
+    environ: dict[str, str] | os._Environ[str] | None = None,
+) -> dict[str, FlagValue]:
     """Env vars change only the defaults of ``run``'s flags.
 
     For key K the first *set* variable of ``SHIPYARD_PROXY_K``, ``KAMAL_PROXY_K`` and ``K``
@@ -313,16 +326,18 @@ def run_env_defaults(environ: dict[str, str] | os._Environ[str] | None = None) -
         for name in (f"SHIPYARD_PROXY_{key}", f"KAMAL_PROXY_{key}", key):
             if name in env:
                 raw = env[name]
-                try:
-                    defaults[flag.name] = parse_go_bool(raw) if flag.kind == "bool" else parse_go_int(raw)
-                except ValueError:
-                    pass
+                with contextlib.suppress(ValueError):  # invalid → keep the built-in default
+                    defaults[flag.name] = (
+                        parse_go_bool(raw) if flag.kind == "bool" else parse_go_int(raw)
+                    )
                 break
     return defaults
 
 
 def build_commands() -> Command:
-    drain = Flag("drain-timeout", "duration", _d(30), "How long to allow in-flight requests to complete")
+    drain = Flag(
+        "drain-timeout", "duration", _d(30), "How long to allow in-flight requests to complete"
+    )
     rollout = Command(
         "rollout",
         "Manage rollout deployments",
@@ -334,7 +349,12 @@ def build_commands() -> Command:
                 [
                     Flag("target", "strings", [], "Target host(s) to deploy", required=True),
                     Flag("read-target", "strings", [], "Read-only target host(s) to deploy"),
-                    Flag("deploy-timeout", "duration", _d(30), "Maximum time to wait for the new target"),
+                    Flag(
+                        "deploy-timeout",
+                        "duration",
+                        _d(30),
+                        "Maximum time to wait for the new target",
+                    ),
                     drain,
                 ],
                 exact_args=1,
@@ -344,8 +364,12 @@ def build_commands() -> Command:
                 "Set traffic split for rollout",
                 rollout_set,
                 [
-                    Flag("percent", "int", 0, "Percentage of traffic to send to the rollout target"),
-                    Flag("list", "strings", [], "Comma-separated list of values to route to rollout"),
+                    Flag(
+                        "percent", "int", 0, "Percentage of traffic to send to the rollout target"
+                    ),
+                    Flag(
+                        "list", "strings", [], "Comma-separated list of values to route to rollout"
+                    ),
                 ],
                 exact_args=1,
                 one_required=("percent", "list"),
@@ -357,20 +381,39 @@ def build_commands() -> Command:
         "kamal-proxy",
         "HTTP proxy for zero downtime deployments",
         subcommands=[
-            Command("deploy", "Deploy a target host", deploy, DEPLOY_FLAGS, exact_args=1,
-                    required_together=("tls-certificate-path", "tls-private-key-path")),
-            Command("list", "List the services currently running", list_services, no_args=True,
-                    aliases=("ls",)),
-            Command("pause", "Pause a service", pause,
-                    [drain, Flag("max-pause", "duration", _d(30), "How long to pause requests")],
-                    exact_args=1),
+            Command(
+                "deploy",
+                "Deploy a target host",
+                deploy,
+                DEPLOY_FLAGS,
+                exact_args=1,
+                required_together=("tls-certificate-path", "tls-private-key-path"),
+            ),
+            Command(
+                "list",
+                "List the services currently running",
+                list_services,
+                no_args=True,
+                aliases=("ls",),
+            ),
+            Command(
+                "pause",
+                "Pause a service",
+                pause,
+                [drain, Flag("max-pause", "duration", _d(30), "How long to pause requests")],
+                exact_args=1,
+            ),
             Command("remove", "Remove the service", remove, exact_args=1, aliases=("rm",)),
             Command("resume", "Resume a service", resume, exact_args=1),
             rollout,
             Command("run", "Run the server", run_server, RUN_FLAGS),
-            Command("stop", "Stop a service", stop,
-                    [drain, Flag("message", "string", "", "Message to display to users while stopped")],
-                    exact_args=1),
+            Command(
+                "stop",
+                "Stop a service",
+                stop,
+                [drain, Flag("message", "string", "", "Message to display to users while stopped")],
+                exact_args=1,
+            ),
         ],
     )
 
@@ -424,7 +467,9 @@ def usage(command: Command, path: list[str]) -> str:
         lines += ["", "Aliases:", "  " + ", ".join((command.name, *command.aliases))]
     lines += ["", "Flags:"]
     for flag in command.flags:
-        kind = {"bool": "", "strings": " strings", "duration": " duration"}.get(flag.kind, f" {flag.kind}")
+        kind = {"bool": "", "strings": " strings", "duration": " duration"}.get(
+            flag.kind, f" {flag.kind}"
+        )
         default = flag.default
         shown = ""
         if flag.kind == "duration" and isinstance(default, int) and default:
@@ -449,10 +494,8 @@ def execute(argv: Sequence[str], prog: str = "kamal-proxy") -> int:
         words = [a for a in rest if not a.startswith("-")]
         if words:
             raise _UnknownCommand(f'unknown command "{words[0]}" for "{" ".join(path)}"', path)
-        try:
+        with contextlib.suppress(HelpRequested):
             parse_flags([], rest)
-        except HelpRequested:
-            pass
         sys.stdout.write(usage(command, path))
         return 0
     defaults = run_env_defaults() if command.run is run_server else None

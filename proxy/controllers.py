@@ -58,7 +58,11 @@ class PauseController:
         self._waiters.clear()
 
     def to_json(self) -> dict[str, Any]:
-        return {"state": self.state, "stop_message": self.stop_message, "fail_after": self.fail_after}
+        return {
+            "state": self.state,
+            "stop_message": self.stop_message,
+            "fail_after": self.fail_after,
+        }
 
     def load_json(self, data: Any) -> None:
         if not isinstance(data, dict):

@@ -15,8 +15,7 @@ import os
 import re
 from http import HTTPStatus
 from importlib import resources
-
-import jinja2
+from typing import Any
 
 CONTENT_TYPE = b"text/html; charset=utf-8"
 
@@ -41,14 +40,26 @@ def _translate_go_template(source: str) -> str:
     return _GO_FIELD.sub(lambda m: "{{ " + _GO_TO_JINJA[m.group(1)] + " }}", source)
 
 
-def _environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
-    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.ChainableUndefined)
+def _compile(sources: dict[str, str]) -> dict[int, Any]:
+    """Parse ``<status>.html`` sources into jinja2 templates (autoescaped, like html/template)."""
+    import jinja2  # imported on first use: most proxy runs never render an error page
+
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(sources), autoescape=True, undefined=jinja2.ChainableUndefined
+    )
+    return {int(name[:-5]): env.get_template(name) for name in sources if name[:-5].isdigit()}
 
 
 class ErrorPages:
     """A set of templates keyed by status code; ``fallback`` handles the rest."""
 
-    def __init__(self, templates: dict[int, jinja2.Template], fallback: ErrorPages | None) -> None:
+    def __init__(
+        self,
+        sources: dict[str, str],
+        fallback: ErrorPages | None,
+        templates: dict[int, Any] | None = None,
+    ) -> None:
+        self._sources = sources
         self._templates = templates
         self._fallback = fallback
         self._cache: dict[int, bytes] = {}
@@ -60,15 +71,13 @@ class ErrorPages:
         for entry in folder.iterdir():
             if entry.name.endswith(".html"):
                 sources[entry.name] = entry.read_text(encoding="utf-8")
-        env = _environment(jinja2.DictLoader(sources))
-        templates = {
-            int(name[:-5]): env.get_template(name) for name in sources if name[:-5].isdigit()
-        }
-        return cls(templates, None)
+        return cls(sources, None)
 
     @classmethod
     def load_directory(cls, directory: str, fallback: ErrorPages) -> ErrorPages:
-        """Parse every ``*.html`` in ``directory``; raise ErrorPagesError if unusable."""
+        """Parse every ``*.html`` in ``directory`` now; raise ErrorPagesError if unusable."""
+        import jinja2
+
         files = sorted(glob.glob(os.path.join(glob.escape(directory), "*.html")))
         if not files:
             raise ErrorPagesError("unable to load error pages")
@@ -77,21 +86,18 @@ class ErrorPages:
             for path in files:
                 with open(path, encoding="utf-8") as handle:
                     sources[os.path.basename(path)] = _translate_go_template(handle.read())
-            env = _environment(jinja2.DictLoader(sources))
-            templates = {
-                int(name[:-5]): env.get_template(name)
-                for name in sources
-                if name[:-5].isdigit()
-            }
+            templates = _compile(sources)
         except (OSError, UnicodeDecodeError, jinja2.TemplateError):
             raise ErrorPagesError("unable to load error pages") from None
-        return cls(templates, fallback)
+        return cls(sources, fallback, templates)
 
     def render(self, status: int, message: str = "") -> bytes:
         if not message:
             cached = self._cache.get(status)
             if cached is not None:
                 return cached
+        if self._templates is None:
+            self._templates = _compile(self._sources)
         template = self._templates.get(status)
         if template is None:
             if self._fallback is not None:
@@ -99,10 +105,11 @@ class ErrorPages:
             body = f"<h1>{status} {html.escape(reason_phrase(status))}</h1>".encode()
         else:
             try:
-                body = template.render(
+                text = template.render(
                     message=message, status=status, status_text=reason_phrase(status)
-                ).encode("utf-8")
-            except jinja2.TemplateError:
+                )
+                body = str(text).encode("utf-8")
+            except Exception:  # a runtime template error must not break the error path
                 body = f"<h1>{status} {html.escape(reason_phrase(status))}</h1>".encode()
         if not message:
             self._cache[status] = body

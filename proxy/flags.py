@@ -118,22 +118,22 @@ class ParsedArgs:
     changed: set[str] = field(default_factory=set)
     positionals: list[str] = field(default_factory=list)
 
-    def bool(self, name: str) -> bool:
+    def get_bool(self, name: str) -> bool:
         value = self.values[name]
         assert isinstance(value, bool)
         return value
 
-    def int(self, name: str) -> int:
+    def get_int(self, name: str) -> int:
         value = self.values[name]
         assert isinstance(value, int)
         return value
 
-    def str(self, name: str) -> str:
+    def get_str(self, name: str) -> str:
         value = self.values[name]
         assert isinstance(value, str)
         return value
 
-    def list(self, name: str) -> list[str]:
+    def get_list(self, name: str) -> list[str]:
         value = self.values[name]
         assert isinstance(value, list)
         return list(value)
@@ -165,9 +165,7 @@ def parse_flags(
     return parsed
 
 
-def _parse_long(
-    arg: str, rest: list[str], by_name: dict[str, Flag], parsed: ParsedArgs
-) -> None:
+def _parse_long(arg: str, rest: list[str], by_name: dict[str, Flag], parsed: ParsedArgs) -> None:
     body = arg[2:]
     if body == "" or body.startswith("-") or body.startswith("="):
         raise CLIError(f"bad flag syntax: {arg}")

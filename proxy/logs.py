@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-_escape = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C-accelerated, untyped
+_escape = json.encoder.encode_basestring  # the C-accelerated JSON string escaper
 
 FLUSH_INTERVAL = 0.05
 FLUSH_BYTES = 64 * 1024

@@ -1,85 +1,128 @@
-"""Prometheus metrics with kamal-proxy's names, served from a thread on ``--metrics-port``.
+"""Prometheus metrics with kamal-proxy's names, kept off the hot path.
 
-The per-request cost is kept to two dictionary look-ups: label children are bound once per
-(service, method, status) and cached, so the hot path never goes through ``labels()``.
-The exposition server is prometheus-client's own threaded HTTP server, so scrapes never run
-on the event loop.  Like promhttp, it answers on every path.
+Requests only touch plain dictionaries and lists owned by the event loop (a counter
+increment and a histogram bucket increment); a custom prometheus-client collector turns
+them into the three metric families when the exposition server — prometheus-client's
+own threaded HTTP server on ``--metrics-port`` — is scraped.  Like Go's promhttp it
+answers on every path and also exposes the default process/platform collectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import Any
 
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"})
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"}
+)
 
-Observer = tuple[Callable[..., None], Callable[[float], None]]
+# prometheus-client's (and Go client's) default histogram buckets.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS_NAME = "kamal_proxy_http_requests"
+DURATION_NAME = "kamal_proxy_http_request_duration_seconds"
+IN_FLIGHT_NAME = "kamal_proxy_http_in_flight_requests"
 
 
 def normalise_method(method: str) -> str:
     return method if method in METHODS else "OTHER"
 
 
+class _Series:
+    """Count, sum and per-bucket counts for one (service, method, status)."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)
+
+
 class Metrics:
-    """Either live Prometheus collectors or a no-op (when the metrics port is 0)."""
+    """Request metrics; every method is a cheap no-op when ``enabled`` is false."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._observers: dict[tuple[str, str, int], Observer] = {}
-        self._gauges: dict[str, Any] = {}
-        if not enabled:
-            return
-        from prometheus_client import Counter, Gauge, Histogram
-
-        self._requests = Counter(
-            "kamal_proxy_http_requests_total",
-            "HTTP requests processed, labeled by service, method and status",
-            ["service", "method", "status"],
-        )
-        self._durations = Histogram(
-            "kamal_proxy_http_request_duration_seconds",
-            "HTTP request duration in seconds",
-            ["service", "method", "status"],
-        )
-        self._in_flight = Gauge(
-            "kamal_proxy_http_in_flight_requests",
-            "HTTP requests currently being processed",
-            ["service"],
-        )
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        self.in_flight: dict[str, int] = {}
 
     def observe(self, service: str, method: str, status: int, seconds: float) -> None:
         key = (service, method, status)
-        observer = self._observers.get(key)
-        if observer is None:
-            labels = (service, normalise_method(method), str(status))
-            observer = (
-                self._requests.labels(*labels).inc,
-                self._durations.labels(*labels).observe,
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        series.count += 1
+        series.total += seconds
+        series.buckets[bisect_left(BUCKETS, seconds)] += 1
+
+    def request_started(self, service: str) -> None:
+        self.in_flight[service] = self.in_flight.get(service, 0) + 1
+
+    def request_finished(self, service: str) -> None:
+        self.in_flight[service] = self.in_flight.get(service, 0) - 1
+
+    # --- exposition (runs on the exporter thread) -----------------------------------------
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        labels = ["service", "method", "status"]
+        requests = CounterMetricFamily(
+            REQUESTS_NAME,
+            "HTTP requests processed, labeled by service, method and status",
+            labels=labels,
+        )
+        durations = HistogramMetricFamily(
+            DURATION_NAME, "HTTP request duration in seconds", labels=labels
+        )
+        merged: dict[tuple[str, str, str], tuple[int, float, list[int]]] = {}
+        for (service, method, status), series in list(self._series.items()):
+            key = (service, normalise_method(method), str(status))
+            count, total, buckets = merged.get(key, (0, 0.0, [0] * (len(BUCKETS) + 1)))
+            merged[key] = (
+                count + series.count,
+                total + series.total,
+                [a + b for a, b in zip(buckets, series.buckets, strict=True)],
             )
-            self._observers[key] = observer
-        observer[0]()
-        observer[1](seconds)
+        for key in sorted(merged):
+            count, total, buckets = merged[key]
+            requests.add_metric(list(key), count)
+            cumulative = []
+            running = 0
+            for bound, hits in zip((*BUCKETS, float("inf")), buckets, strict=True):
+                running += hits
+                cumulative.append((_bucket_label(bound), running))
+            durations.add_metric(list(key), cumulative, total)
+        yield requests
+        yield durations
+        gauge = GaugeMetricFamily(
+            IN_FLIGHT_NAME, "HTTP requests currently being processed", labels=["service"]
+        )
+        for service, value in sorted(list(self.in_flight.items())):
+            gauge.add_metric([service], value)
+        yield gauge
 
-    def in_flight(self, service: str) -> Any:
-        """The service's in-flight gauge child (``inc``/``dec``), or None when disabled."""
-        if not self.enabled:
-            return None
-        gauge = self._gauges.get(service)
-        if gauge is None:
-            gauge = self._in_flight.labels(service)
-            self._gauges[service] = gauge
-        return gauge
+
+def _bucket_label(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
-def start_exposition_server(port: int) -> Callable[[], None]:
-    """Serve the default registry on ``:port`` from a daemon thread; returns a stopper."""
-    from prometheus_client import start_http_server
+def start_exposition_server(metrics: Metrics, port: int) -> Callable[[], None]:
+    """Serve the default registry plus our collector on ``:port``; returns a stopper."""
+    from prometheus_client import REGISTRY, start_http_server
 
-    server, thread = start_http_server(port, addr="0.0.0.0")
-    del thread
+    REGISTRY.register(metrics)
+    server, _thread = start_http_server(port, addr="0.0.0.0")
 
     def stop() -> None:
         server.shutdown()
         server.server_close()
+        REGISTRY.unregister(metrics)
 
     return stop

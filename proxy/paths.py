@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 
 SOCKET_NAME = "kamal-proxy.sock"
 STATE_FILE_NAME = "kamal-proxy.state"
 APP_DIR_NAME = "kamal-proxy"
 
 
-def socket_path(environ: dict[str, str] | None = None) -> str:
+def socket_path(environ: Mapping[str, str] | None = None) -> str:
     """``$KAMAL_PROXY_SOCKET``, ``$SHIPYARD_PROXY_SOCKET``, ``$XDG_RUNTIME_DIR/...``, temp dir."""
     env = os.environ if environ is None else environ
     for key in ("KAMAL_PROXY_SOCKET", "SHIPYARD_PROXY_SOCKET"):
@@ -27,13 +28,13 @@ def socket_path(environ: dict[str, str] | None = None) -> str:
     return os.path.join(temp_dir(env), SOCKET_NAME)
 
 
-def temp_dir(environ: dict[str, str] | None = None) -> str:
+def temp_dir(environ: Mapping[str, str] | None = None) -> str:
     """Go's ``os.TempDir()``: ``$TMPDIR`` or ``/tmp``."""
     env = os.environ if environ is None else environ
     return env.get("TMPDIR", "") or (tempfile.gettempdir() if os.name != "posix" else "/tmp")
 
 
-def data_dir(create: bool = True, environ: dict[str, str] | None = None) -> str:
+def data_dir(create: bool = True, environ: Mapping[str, str] | None = None) -> str:
     """``$HOME/.config/kamal-proxy`` (mode 0700), falling back to the temp dir."""
     env = os.environ if environ is None else environ
     home = env.get("HOME", "")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -23,6 +24,31 @@ if TYPE_CHECKING:
 MAX_IDLE_PER_TARGET = 100
 
 ADDING, HEALTHY, UNHEALTHY = "adding", "healthy", "unhealthy"
+
+# Response headers that are not copied verbatim to the client.
+(
+    _CONTENT_TYPE,
+    _CONTENT_LENGTH,
+    _TRANSFER_ENCODING,
+    _SET_COOKIE,
+    _WRITER_AFFINITY,
+    _UPGRADE,
+    _HOP,
+) = range(7)
+_RESPONSE_HEADERS: dict[bytes, int] = {
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"set-cookie": _SET_COOKIE,
+    b"x-writer-affinity": _WRITER_AFFINITY,
+    b"upgrade": _UPGRADE,
+    b"connection": _HOP,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"proxy-authenticate": _HOP,
+    b"te": _HOP,
+    b"trailer": _HOP,
+}
 
 
 class ResponseSink(Protocol):
@@ -48,22 +74,26 @@ class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a target; parses responses with httptools."""
 
     __slots__ = (
+        "affinity_opt_out",
         "body_expected",
         "chunked",
         "content_length",
+        "content_type",
+        "head_parts",
         "header_list",
         "interim",
         "keep_alive",
         "parser",
-        "reason",
         "received",
         "reset_parser",
         "response_done",
+        "set_cookies",
         "sink",
         "status",
         "target",
         "transport",
         "tunnel",
+        "upgrade_headers",
         "uses",
     )
 
@@ -75,19 +105,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.uses = 0
         self.reset_parser = False
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.header_list: list[tuple[bytes, bytes]] = []
-        self.keep_alive = False
-        self.received = False
-        self.response_done = False
-        self.interim = False
-        self.body_expected = True
-        self.content_length = -1
-        self.chunked = False
+        self.begin(None, False)
+        self.uses = 0
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -95,17 +114,29 @@ class UpstreamConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self.transport is None or self.transport.is_closing()
 
-    def begin(self, sink: ResponseSink, head_request: bool) -> None:
+    def begin(self, sink: ResponseSink | None, head_request: bool) -> None:
+        """Get ready for the response to the request about to be sent."""
         if self.reset_parser:
             self.parser = HttpResponseParser(self)
-            self.reset_parser = False
-        self._reset_response()
-        self.sink = sink
-        self.uses += 1
-        self.body_expected = not head_request
         # llhttp cannot be told that a response answers HEAD, so after one we use a
         # fresh parser rather than let it wait for a body that never comes.
         self.reset_parser = head_request
+        self.body_expected = not head_request
+        self.sink = sink
+        self.uses += 1
+        self.status = 0
+        self.header_list: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.received = False
+        self.response_done = False
+        self.interim = False
+        self.content_length = -1
+        self.chunked = False
+        self.head_parts: list[bytes] = []
+        self.set_cookies: list[tuple[bytes, bytes]] = []
+        self.upgrade_headers: list[bytes] = []
+        self.content_type = b""
+        self.affinity_opt_out = False
 
     def detach(self) -> None:
         self.sink = None
@@ -121,8 +152,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.target.forget(self)
@@ -176,11 +207,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Sort each header as it arrives, so the response head needs no second pass."""
         self.header_list.append((name, value))
+        code = _RESPONSE_HEADERS.get(name.lower())
+        if code is None:
+            self.head_parts += (name, b": ", value, b"\r\n")
+        elif code == _CONTENT_TYPE:
+            self.content_type = value
+            self.head_parts += (name, b": ", value, b"\r\n")
+        elif code == _CONTENT_LENGTH:
+            self.content_length = int(value) if value.strip().isdigit() else -1
+        elif code == _TRANSFER_ENCODING:
+            if b"chunked" in value.lower():
+                self.chunked = True
+        elif code == _SET_COOKIE:
+            self.set_cookies.append((name, value))
+        elif code == _WRITER_AFFINITY:
+            if value.strip().lower() == b"false":
+                self.affinity_opt_out = True
+        elif code == _UPGRADE:
+            self.upgrade_headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -188,22 +235,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = self.parser.should_keep_alive()
         if 100 <= status < 200 and status != 101:
             self.interim = True
-        else:
-            for name, value in self.header_list:
-                lowered = name.lower()
-                if lowered == b"content-length":
-                    self.content_length = int(value) if value.strip().isdigit() else -1
-                elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
-                    self.chunked = True
-            if status in (204, 304):
-                self.body_expected = False
+        elif status in (204, 304):
+            self.body_expected = False
         sink = self.sink
         if sink is not None:
+            # The sink scans the headers once and records framing (content_length, chunked).
             sink.on_response_head(self)
         if self.interim:
             self.interim = False
             self.header_list = []
-            self.reason = b""
+            self.head_parts = []
+            self.set_cookies = []
+            self.content_type = b""
             self.status = 0
             return
         if not self.body_expected and not self.response_done and status != 101:
@@ -241,6 +284,8 @@ class Target:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.address_bytes = address.encode("latin-1")
+        self.address_json = json.dumps(address)
         self.host, self.port = split_address(address)
         self.state = ADDING
         self.draining = False
@@ -248,7 +293,7 @@ class Target:
         self.connections: set[UpstreamConnection] = set()
         self.inflight: set[DrainableExchange] = set()
         self.tunnels: set[Tunnel] = set()
-        self._idle_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[tuple[set[DrainableExchange], asyncio.Future[None]]] = []
         try:
             ip = ipaddress.ip_address(self.host)
             self._literal: tuple[int, str] | None = (
@@ -275,7 +320,7 @@ class Target:
         loop = asyncio.get_running_loop()
         if self._literal is not None:
             family, host = self._literal
-            candidates = [(family, (host, self.port))]
+            candidates: list[tuple[int, Any]] = [(family, (host, self.port))]
         else:
             infos = await loop.getaddrinfo(
                 self.host, self.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
@@ -303,7 +348,12 @@ class Target:
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         conn.detach()
-        if reusable and not self.draining and not conn.closed and len(self.idle) < MAX_IDLE_PER_TARGET:
+        if (
+            reusable
+            and not self.draining
+            and not conn.closed
+            and len(self.idle) < MAX_IDLE_PER_TARGET
+        ):
             self.idle.append(conn)
         else:
             conn.close()
@@ -323,33 +373,42 @@ class Target:
 
     def end(self, exchange: DrainableExchange) -> None:
         self.inflight.discard(exchange)
-        if not self.inflight and self._idle_waiter is not None and not self._idle_waiter.done():
-            self._idle_waiter.set_result(None)
+        for waiting, future in self._drain_waiters:
+            waiting.discard(exchange)
+            if not waiting and not future.done():
+                future.set_result(None)
 
-    async def drain(self, timeout: float) -> int:
-        """Stop taking work, close tunnels at once, wait for in-flight requests; cancel the rest.
+    async def drain(self, timeout: float, retire: bool = True) -> int:
+        """Wait for the requests in flight now to finish; cancel whatever is left at the timeout.
 
-        Returns how many requests had to be cancelled.
+        Upgraded connections (WebSockets) are closed at once, as they may never end.  A
+        retired target (replaced by a deploy) also stops taking work and closes its pool;
+        otherwise (pause, stop) it is usable again afterwards.  Returns how many requests
+        had to be cancelled.
         """
-        self.draining = True
-        self.close_idle()
+        if retire:
+            self.draining = True
+            self.close_idle()
         for tunnel in list(self.tunnels):
             tunnel.close()
-        if self.inflight:
-            loop = asyncio.get_running_loop()
-            self._idle_waiter = loop.create_future()
+        waiting = set(self.inflight)
+        if waiting:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (waiting, future)
+            self._drain_waiters.append(entry)
             try:
-                await asyncio.wait_for(asyncio.shield(self._idle_waiter), max(timeout, 0))
+                await asyncio.wait_for(future, max(timeout, 0))
             except TimeoutError:
                 pass
             finally:
-                self._idle_waiter = None
+                self._drain_waiters.remove(entry)
         cancelled = 0
-        for exchange in list(self.inflight):
+        for exchange in list(waiting):
             exchange.cancel_for_drain()
+            self.inflight.discard(exchange)
             cancelled += 1
-        self.inflight.clear()
-        self.close_idle()
+        if retire:
+            self.close_idle()
         return cancelled
 
     def dispose(self) -> None:

@@ -1,0 +1,353 @@
+"""The client side: one asyncio Protocol per accepted connection, parsing with httptools.
+
+Requests on a keep-alive connection are served one at a time; pipelined requests queue up
+(reading pauses while they wait).  Malformed input never reaches a service: a bad request
+line, broken chunked framing or a Content-Length + Transfer-Encoding pair gets 400, a
+header block over the limit gets 431, and a client that trickles its headers (slowloris)
+is answered 400 and disconnected after the header timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from .error_pages import CONTENT_TYPE, reason_phrase
+from .exchange import Exchange
+from .logs import escape
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+    from .tunnel import Tunnel
+
+
+_monotonic = time.monotonic
+_METHOD_NAMES = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_deadline",
+        "_escaped",
+        "_escaped_text",
+        "_head_bytes",
+        "_header_size",
+        "_header_timeout",
+        "_headers",
+        "_in_message",
+        "_reading_head",
+        "_upgrade_pending",
+        "_url",
+        "active",
+        "client_addr",
+        "client_addr_json",
+        "client_port",
+        "closed",
+        "incoming",
+        "parser",
+        "port",
+        "proxy",
+        "queue",
+        "scheme",
+        "scheme_bytes",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, proxy: ProxyServer, scheme: str, port: int) -> None:
+        self.proxy = proxy
+        self.scheme = scheme
+        self.scheme_bytes = scheme.encode()
+        self.port = port
+        self.active: Exchange | None = None
+        self.incoming: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.tunnel: Tunnel | None = None
+        self.closed = False
+        self.client_addr = ""
+        self.client_addr_json = '""'
+        self.client_port = ""
+        self._escaped: dict[bytes, str] = {}
+        self._escaped_text: dict[str, str] = {}
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._header_size = 0
+        self._reading_head = False
+        self._in_message = False
+        # What this connection waits for in proxy.deadlines: "", "idle" or "head".
+        self._deadline = ""
+        self._header_timeout = proxy.tuning.header_timeout
+        self._upgrade_pending: list[bytes] | None = None
+        self.parser = HttpRequestParser(self)
+
+    # --- transport events ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            address = str(peer[0])
+            # Dual-stack listener: report IPv4 clients as IPv4, as Go does.
+            self.client_addr = (
+                address[7:] if address.startswith("::ffff:") and "." in address else address
+            )
+            self.client_port = str(peer[1])
+        self.client_addr_json = escape(self.client_addr)
+        self.proxy.connections.add(self)
+        self._watch_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        self._unwatch()
+        if self.tunnel is not None:
+            self.tunnel.close()
+        active = self.active
+        if active is not None:
+            active.client_gone()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the upstream writes: stop reading the upstream."""
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream(True)
+            return
+        active = self.active
+        if active is not None and active.upstream is not None and active.upstream.transport:
+            active.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream(False)
+            return
+        active = self.active
+        if active is not None and active.upstream is not None and active.upstream.transport:
+            active.upstream.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.to_upstream(data)
+            return
+        if self._upgrade_pending is not None:
+            self._upgrade_pending.append(data)
+            self.transport.pause_reading()
+            return
+        if not self._in_message:
+            if self._deadline != "head" and self._header_timeout > 0:
+                # Register the header-read deadline (the sweep in server.py enforces it).
+                self.proxy.deadlines[self] = _monotonic() + self._header_timeout
+                self._deadline = "head"
+            self._head_bytes += len(data)
+        elif self._reading_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+            self._upgrade_pending = [rest] if rest else []
+            self.transport.pause_reading()
+            return
+        except HttpParserError as exc:
+            self._parse_failed(exc)
+            return
+        if self._reading_head and self._head_bytes > self.proxy.tuning.max_header_bytes:
+            self._reject(431)
+
+    def escaped(self, value: bytes) -> str:
+        """A header value as a JSON string, cached: clients repeat Host and User-Agent."""
+        cached = self._escaped.get(value)
+        if cached is None:
+            if len(self._escaped) > 32:
+                self._escaped.clear()
+            cached = self._escaped[value] = escape(value.decode("latin-1"))
+        return cached
+
+    def escaped_text(self, value: str) -> str:
+        """Like ``escaped`` for text values (method, path)."""
+        cached = self._escaped_text.get(value)
+        if cached is None:
+            if len(self._escaped_text) > 32:
+                self._escaped_text.clear()
+            cached = self._escaped_text[value] = escape(value)
+        return cached
+
+    # --- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._reading_head = True
+        self._url = []
+        self._headers = []
+        self._header_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._header_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._header_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._head_bytes = 0
+        if self._header_size > self.proxy.tuning.max_header_bytes:
+            raise _HeadersTooLarge()
+        if self._deadline:
+            self._deadline = ""
+            self.proxy.deadlines.pop(self, None)
+        parser = self.parser
+        raw_method = parser.get_method()
+        method = _METHOD_NAMES.get(raw_method) or raw_method.decode("latin-1")
+        # Read keep-alive now: llhttp resets its flags once the message completes.
+        exchange = Exchange(
+            self,
+            method,
+            b"".join(self._url),
+            self._headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            parser.should_upgrade(),
+        )
+        self.incoming = exchange
+        if self.active is None and not self.queue:
+            self.active = exchange
+            exchange.start()
+        else:
+            self.queue.append(exchange)
+            self.transport.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.incoming
+        if exchange is None:
+            return
+        if exchange is self.active:
+            exchange.request_body(body)
+        else:
+            exchange.pending_body.append(body)
+            exchange.body_bytes += len(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        exchange = self.incoming
+        self.incoming = None
+        if exchange is None:
+            return
+        if exchange is self.active:
+            exchange.request_body_done()
+        else:
+            exchange.body_done = True
+        if self.active is None:
+            self._advance()
+
+    # --- exchange sequencing ------------------------------------------------------------
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if exchange is not self.active:
+            return
+        self.active = None
+        if self.closed:
+            return
+        if exchange.close_after or self.proxy.shutting_down:
+            self._close()
+            return
+        if self.incoming is exchange:
+            return  # the rest of its body is still arriving; on_message_complete advances
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.closed or self.active is not None:
+            return
+        if self.queue:
+            exchange = self.queue.popleft()
+            self.active = exchange
+            # A queued request's body (if any) is already in pending_body and body_done is
+            # set; start() and the upstream attach take both into account.
+            exchange.start()
+            return
+        if self.incoming is None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._watch_idle()
+
+    def start_tunnel(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        pending = self._upgrade_pending or []
+        self._upgrade_pending = None
+        for chunk in pending:
+            tunnel.to_upstream(chunk)
+        self.transport.resume_reading()
+
+    # --- malformed input and timeouts ---------------------------------------------------
+
+    def _parse_failed(self, exc: Exception) -> None:
+        active = self.active
+        incoming = self.incoming
+        if incoming is not None and incoming is active and not incoming.finished:
+            # The head was fine; the body framing is broken (e.g. a bad chunk size).
+            incoming.request_body_malformed()
+            self._close()
+            return
+        if active is not None:
+            if not active.keep_alive:
+                return  # bytes after `Connection: close`; the connection ends after this response
+            active.close_after = True
+            return
+        status = 431 if isinstance(exc.__context__, _HeadersTooLarge) else 400
+        self._reject(status)
+
+    def _reject(self, status: int) -> None:
+        body = f"<h1>{status} {reason_phrase(status)}</h1>".encode()
+        self.proxy.logger.info("Malformed request", client_addr=self.client_addr, status=status)
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s"
+                % (status, reason_phrase(status).encode(), CONTENT_TYPE, len(body), body)
+            )
+        self._close()
+
+    def _watch_idle(self) -> None:
+        timeout = self.proxy.tuning.idle_timeout
+        if timeout > 0:
+            self.proxy.deadlines[self] = _monotonic() + timeout
+            self._deadline = "idle"
+        elif self._deadline:
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self._deadline:
+            self._deadline = ""
+            self.proxy.deadlines.pop(self, None)
+
+    def on_deadline(self) -> None:
+        """Called by the server's deadline sweep."""
+        kind, self._deadline = self._deadline, ""
+        if kind == "head" and (self._reading_head or (self.active is None and self._head_bytes)):
+            self._reject(400)  # slowloris: the head did not arrive within the header timeout
+        elif kind == "idle" and self.active is None and not self._in_message:
+            self._close()
+
+    def _close(self) -> None:
+        self._unwatch()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        """Used at shutdown: close at once unless a request is being served."""
+        if self.active is None and self.tunnel is None and not self._in_message:
+            self._close()
+            return True
+        return False
