@@ -29,15 +29,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shipyard.core import __version__, hookimpl
+from shipyard.core.config.plugin_settings import Problem, load_plugin_settings, show
 from shipyard.core.errors import ShipyardError
-from shipyard.plugins.ci_check import (
-    Problem,
-    http_failure,
-    is_http_url,
-    plugin_settings,
-    show,
-    shown_url,
-)
+from shipyard.plugins._http import http_failure, is_http_url, shown_url
 from shipyard.plugins.shell_hooks import hook_environment
 
 if TYPE_CHECKING:
@@ -80,7 +74,7 @@ def shipyard_audit(ctx: Context, event: AuditEvent) -> None:
     # Nothing here may raise: the built-in audit plugin runs after us for the same event,
     # and an exception would stop pluggy before the audit log line is written.
     try:
-        settings = plugin_settings(ctx.config, NAME, BroadcastSettings)
+        settings = load_plugin_settings(ctx.config, NAME, BroadcastSettings)
         if settings is None:
             return
         payload = _payload(ctx, event)

@@ -15,8 +15,6 @@ spent) veto it, naming the contexts that are not green. It fails closed: an unre
 URL, a non-200 answer or a body that is not a combined status also vetoes. This is
 Kamal's sample ``pre-deploy`` hook, built in.
 
-The settings helpers at the bottom (:func:`plugin_settings`, :func:`shown_url`,
-:func:`http_failure`) are shared with the ``broadcast`` plugin.
 """
 
 from __future__ import annotations
@@ -25,19 +23,20 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from shipyard.core import __version__, hookimpl
-from shipyard.core.errors import ConfigError, SecretNotFound, ShipyardError
+from shipyard.core.config.plugin_settings import Problem, load_plugin_settings, positive, show
+from shipyard.core.errors import SecretNotFound
 from shipyard.core.records import Veto
+from shipyard.plugins._http import http_failure, is_http_url, shown_url
 
 if TYPE_CHECKING:
     import urllib.request
 
-    from shipyard.core.config.model import Config
     from shipyard.core.context import Context
 
 NAME = "ci_check"
@@ -45,8 +44,6 @@ STATES = ("success", "pending", "failure", "error")
 _MAX_BODY = 4 * 1024 * 1024  # a combined status is a few KB; never buffer something huge
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
-KeyPath = tuple[str | int, ...]
-Problem = tuple[KeyPath, str]
 
 
 @dataclass(frozen=True)
@@ -69,8 +66,8 @@ class CiCheckSettings:
             yield ("url",), f"expected an http:// or https:// URL, got {show(self.url)}"
         if self.token_secret is not None and not self.token_secret.strip():
             yield ("token_secret",), "is empty: name a secret from .shipyard/secrets, or remove the key"
-        yield from _positive(self.timeout, "timeout")
-        yield from _positive(self.interval, "interval")
+        yield from positive(self.timeout, "timeout")
+        yield from positive(self.interval, "interval")
         if self.wait < 0:
             yield ("wait",), f"must be at least 0 (seconds), got {self.wait:g}"
 
@@ -91,7 +88,7 @@ class _Unavailable(Exception):
 
 @hookimpl
 def shipyard_pre_deploy(ctx: Context) -> Veto | None:
-    settings = plugin_settings(ctx.config, NAME, CiCheckSettings)
+    settings = load_plugin_settings(ctx.config, NAME, CiCheckSettings)
     if settings is None:
         return None
     invoked = " ".join(p for p in (ctx.command, ctx.subcommand) if p)
@@ -250,156 +247,3 @@ def _opener() -> urllib.request.OpenerDirector:
             return new
 
     return urllib.request.build_opener(SameOriginAuth)
-
-
-# ---------------------------------------------------------------------------------------
-# Shared with plugins/broadcast.py: settings validation and HTTP error wording.
-# ---------------------------------------------------------------------------------------
-
-
-class Settings(Protocol):
-    def problems(self) -> Iterable[Problem]: ...
-
-
-S = TypeVar("S", bound=Settings)
-
-
-def plugin_settings(config: Config, name: str, kind: type[S]) -> S | None:
-    """``x-shipyard.<name>`` validated as ``kind`` (a dataclass with a ``problems()``
-    method for checks pydantic cannot express), or None when the block is absent.
-
-    A block that is present but empty (``ci_check:``) counts as configured: the user
-    meant to switch the plugin on. Every problem is reported at once, one line each,
-    ``<file>:<line>: x-shipyard.<name>.<key>: <what is wrong>``, as a ConfigError.
-    """
-    block = config.extensions.get("x-shipyard")
-    if not isinstance(block, dict) or name not in block:
-        return None
-    raw = {} if block[name] is None else block[name]
-    if not isinstance(raw, dict):
-        problems: list[Problem] = [((), f"expected a mapping (key: value), got {show(raw)}")]
-    else:
-        from pydantic import ValidationError
-
-        try:
-            settings: S = _adapter(kind).validate_python(raw)
-        except ValidationError as error:
-            problems = _pydantic_problems(error, kind, raw)
-        else:
-            problems = list(settings.problems())
-            if not problems:
-                return settings
-    raise ConfigError(_problem_lines(config, ("x-shipyard", name), problems))
-
-
-@cache
-def _adapter(kind: type[S]) -> Any:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(kind)
-
-
-def _pydantic_problems(error: Any, kind: type[Any], raw: Mapping[str, Any]) -> list[Problem]:
-    from shipyard.core.config.loader import _describe
-
-    keys = [f.name for f in fields(kind)]
-    problems: list[Problem] = []
-    for item in error.errors(include_url=False):
-        loc: KeyPath = tuple(item["loc"])
-        head = loc[0] if loc else None
-        if item["type"] == "unexpected_keyword_argument":
-            problems.append((loc, f"unknown key (the keys are: {', '.join(keys)})"))
-        elif isinstance(head, str) and _is_union(kind, head):
-            # pydantic reports one error per union member; one line says it better.
-            problems.append(((head,), f"expected a string or a list of strings, got {show(raw.get(head))}"))
-        else:
-            problems.append((loc, _describe(item)))
-    return list(dict.fromkeys(problems))
-
-
-def _is_union(kind: type[Any], name: str) -> bool:
-    """Is ``name`` declared ``str | list[str]``? (Annotations are strings here, as the
-    module uses postponed evaluation.)"""
-    annotation = str(next((f.type for f in fields(kind) if f.name == name), ""))
-    return "str |" in annotation and "list[str]" in annotation
-
-
-def _problem_lines(config: Config, base: KeyPath, problems: list[Problem]) -> list[str]:
-    from shipyard.core.config.loader import _locate, _read
-    from shipyard.core.config.yamlmap import format_path
-
-    try:
-        # Re-read only on this error path, to point at the line like the core's errors.
-        sources = [_read(path, config.project_dir, config.destination, required=True) for path in config.files]
-    except ShipyardError:  # the file changed since it was loaded: name it without a line
-        sources = []
-    lines = []
-    for path, message in problems:
-        full = (*base, *path)
-        where = _locate(full, sources) if sources else _display(config)
-        lines.append(f"{where}: {format_path(full)}: {message}")
-    return lines
-
-
-def _display(config: Config) -> str:
-    path = config.files[0]
-    try:
-        return str(path.relative_to(config.project_dir))
-    except ValueError:
-        return str(path)
-
-
-def shown_url(url: str) -> str:
-    """``url`` without credentials or query string, the usual homes of tokens, for
-    messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def http_failure(error: BaseException) -> str | None:
-    """Why an HTTP request failed, in words; None when ``error`` is not a network or
-    HTTP failure (a bug, which should propagate)."""
-    import http.client
-    from urllib.error import HTTPError, URLError
-
-    if isinstance(error, HTTPError):
-        return f"HTTP {error.code} {error.reason}".rstrip()
-    if isinstance(error, URLError):
-        reason = error.reason
-        return f"cannot connect: {reason.strerror or reason}" if isinstance(reason, OSError) else str(reason)
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if isinstance(error, OSError | http.client.HTTPException):
-        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    if isinstance(error, ValueError):  # urllib's word for a malformed URL or header
-        return str(error)
-    return None
-
-
-def is_http_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a bad port or bracketed host
-        return False
-
-
-def _positive(value: float, key: str) -> Iterator[Problem]:
-    if value <= 0:
-        yield (key,), f"must be more than 0 (seconds), got {value:g}"
-
-
-def show(value: Any) -> str:
-    """A config value as the core's config errors show it (``'abc'``, ``a list``...)."""
-    from shipyard.core.config.loader import _show
-
-    text: str = _show(value)
-    return text
