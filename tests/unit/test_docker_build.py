@@ -19,7 +19,7 @@ import pytest
 
 from shipyard.core.errors import ShipyardError
 from shipyard.core.records import BuildResult
-from shipyard.core.testing import Project
+from shipyard.core.testing import FakeTransportKit, Project
 from shipyard.plugins import _build_engine, docker_build
 from shipyard.plugins._build_plan import (
     BuildLog,
@@ -725,10 +725,17 @@ def test_build_create_and_remove_have_nothing_to_do(shipyard_project: Project) -
         assert "classic builder, which needs no setup" in result.stdout
 
 
-def test_build_pull_and_deliver_are_still_planned(shipyard_project: Project) -> None:
-    shipyard_project.write_config(LOCAL)
-    assert shipyard_project.run("build", "pull").assert_failed(2).stderr == "not implemented yet: build pull\n"
-    shipyard_project.run("build", "deliver").assert_failed(2)
+def test_build_pull_pulls_on_every_host_and_checks_the_service_label(
+    shipyard_project: Project, shipyard_fake_transport: FakeTransportKit
+) -> None:
+    shipyard_project.write_config({**LOCAL, "registry": {"server": "registry.example.com"}})
+    service = LOCAL["service"]
+    shipyard_fake_transport.respond(r"docker pull", stdout=f"{service}\n")
+    result = shipyard_project.run("build", "pull", "--version", "v9").assert_ok()
+    assert f"Pulled registry.example.com/{LOCAL['image']}:v9" in result.stdout
+    shipyard_fake_transport.respond(r"docker pull", stdout="someone-else\n")
+    failed = shipyard_project.run("build", "pull", "--version", "v9")
+    assert failed.exit_code == 1 and f"is missing the label service={service}" in failed.stderr
 
 
 REPLACING_PLUGIN = """
