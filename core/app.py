@@ -36,8 +36,14 @@ def boot(ctx: Context) -> None:
         lifecycle.boot_app(ctx)
 
 
+_START = 'docker start "$1" >/dev/null && docker inspect --format "{{.Id}}" "$1"'
+
+
 def start(ctx: Context) -> None:
-    """Start the version's existing containers, and route traffic to them again."""
+    """Start the version's existing containers and route traffic to them again, in the
+    boot groups of ``boot.limit`` with ``boot.wait`` after each, as ``app boot`` does."""
+    import time
+
     from shipyard.plugins import proxy
 
     config = ctx.config
@@ -46,16 +52,19 @@ def start(ctx: Context) -> None:
         started = []
         for role in roles_on(ctx, transport.host):
             name = config.container_name(role.name, ctx.version)
-            container_id = transport.check(remote_docker.start(name)).stdout.strip()
+            container_id = transport.check(["sh", "-c", _START, "sh", name]).stdout.strip()
             if role.proxied:
-                cid = transport.check(remote_docker.inspect(name, "{{.Id}}")).stdout.strip() or container_id
-                proxy.deploy_target(ctx, transport, role, cid).check()
+                proxy.deploy_target(ctx, transport, role, container_id).check()
             ctx.audit(f"Started app version {ctx.version}", hosts=[transport.host], role=role.name)
             started.append(name)
         return f"Started {', '.join(started)}"
 
     with deploy_lock(ctx):
-        _each_host(ctx, start_on)
+        hosts = [host for host in ctx.hosts if roles_on(ctx, host)]
+        for group in ctx.hooks.boot_plan(ctx, hosts):
+            report(ctx, on_hosts(ctx, group, start_on), lambda text: text)
+            if config.schema.boot.wait:
+                time.sleep(config.schema.boot.wait)
 
 
 def stop(ctx: Context) -> None:

@@ -114,7 +114,7 @@ def pull(ctx: Context) -> None:
         ctx.audit(f"Pulled image with version {ctx.version}", hosts=[transport.host])
         return f"Pulled {image}"
 
-    report(ctx, on_hosts(ctx, ctx.hosts, pull_on), lambda line: line)
+    report(ctx, on_hosts(ctx, ctx.hosts, pull_on, progress=f"Pulling {image}"), lambda line: line)
 
 
 # --- proxy -------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def boot_proxies(ctx: Context) -> None:
         registry_tunnel.ensure(ctx, transport)
         return proxy.boot(ctx, transport)
 
-    report(ctx, on_hosts(ctx, ctx.hosts, boot_on), lambda line: line)
+    report(ctx, on_hosts(ctx, ctx.hosts, boot_on, progress="Booting the proxy"), lambda line: line)
 
 
 # --- app boot ----------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def boot_app(ctx: Context) -> None:
     ctx.output.set_hosts(hosts)
     for group in ctx.hooks.boot_plan(ctx, hosts):
         ctx.hooks.pre_app_boot(ctx, group)
-        results = on_hosts(ctx, group, boot_host)
+        results = on_hosts(ctx, group, boot_host, progress=f"Booting {ctx.version} on {len(group)} host(s)")
         barrier.close()  # a primary that never booted in this group must not hold others forever
         results.raise_failures()
         ctx.hooks.post_app_boot(ctx, group)
@@ -250,4 +250,4 @@ def prune(ctx: Context) -> None:
             return "Nothing pruned"
         return f"Pruned {len(result.removed_containers)} containers and {len(result.removed_images)} images"
 
-    report(ctx, on_hosts(ctx, ctx.hosts, prune_on), lambda line: line)
+    report(ctx, on_hosts(ctx, ctx.hosts, prune_on, progress="Pruning"), lambda line: line)

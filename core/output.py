@@ -146,9 +146,9 @@ class Output:
     # -- progress -----------------------------------------------------------------------
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Progress]:
+    def progress(self, description: str, total: int | None = None, *, enabled: bool = True) -> Iterator[Progress]:
         """A live progress bar on a terminal; silent when piped, quiet or in JSON mode."""
-        if self.json_mode or self.verbosity < NORMAL or not self.err.isatty():
+        if not enabled or self.json_mode or self.verbosity < NORMAL or not self.err.isatty():
             yield _NoProgress()
             return
         from rich.console import Console

@@ -46,23 +46,29 @@ def on_hosts(
     work: Callable[[Transport], T],
     *,
     concurrency: int | None = None,
+    progress: str | None = None,
 ) -> HostResults[T]:
     """Run ``work(transport)`` for every host in parallel, bounded by ``concurrency``
-    (default: config ``sshkit.max_concurrent_starts``), and collect every outcome."""
+    (default: config ``sshkit.max_concurrent_starts``), and collect every outcome.
+    ``progress`` names the step on a live progress display (terminals only)."""
     ordered = list(dict.fromkeys(hosts))
     results: HostResults[T] = HostResults()
     if not ordered:
         return results
     limit = concurrency or ctx.max_concurrency
 
-    def attempt(host: str) -> tuple[str, T | None, BaseException | None]:
-        try:
-            return host, work(ctx.connections.get(host)), None
-        except Exception as error:
-            return host, None, error
+    with ctx.output.progress(progress or "", total=len(ordered), enabled=progress is not None) as bar:
 
-    with ThreadPoolExecutor(max_workers=min(limit, len(ordered)), thread_name_prefix="host") as pool:
-        outcomes = list(pool.map(attempt, ordered))
+        def attempt(host: str) -> tuple[str, T | None, BaseException | None]:
+            try:
+                return host, work(ctx.connections.get(host)), None
+            except Exception as error:  # every host's failure is reported, none hides another
+                return host, None, error
+            finally:
+                bar.advance()
+
+        with ThreadPoolExecutor(max_workers=min(limit, len(ordered)), thread_name_prefix="host") as pool:
+            outcomes = list(pool.map(attempt, ordered))
     for host, value, error in outcomes:
         if error is not None:
             results.failed[host] = error

@@ -104,6 +104,11 @@ def shipyard_boot_container(ctx: Context, host: str, role: str) -> BootResult:
     name = config.container_name(role, ctx.version)
     containers = prepare(ctx, transport)
     old = containers.current(config, role, excluding=name)
+    stale = [c for c in containers.of_role(role) if c.running and c != old and c.name != name]
+    if stale:
+        # Leftovers of an interrupted deploy: nothing routes to them (Kamal stops them first).
+        transport.check(remote_docker.stop(*(c.id for c in stale)))
+        ctx.output.info(f"Stopped stale {', '.join(c.name for c in stale)}", host=host)
     clash = containers.named(name)
     if clash is not None:
         replaced = f"{name}_replaced_{token.token_hex(8)}"

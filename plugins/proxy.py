@@ -173,11 +173,41 @@ def deploy_flags(ctx: Context, role: Role, proxy: ProxyConfig, target: str) -> l
         flags.append("--tls-redirect=false")
     flags += [f"--log-request-header={h}" for h in proxy.logging.request_headers]
     flags += [f"--log-response-header={h}" for h in proxy.logging.response_headers]
+    if schema.error_pages_path:
+        version_dir = error_pages_dir(ctx).removeprefix(apps_config_dir(ctx.config))
+        flags.append(f"--error-pages={CONTAINER_HOME}/.apps-config{version_dir}")
     return flags
+
+
+def error_pages_dir(ctx: Context) -> str:
+    """Custom error pages live per version, so a rollback brings its own pages back."""
+    return f"{app_config_dir(ctx.config)}/error_pages/{ctx.version}"
+
+
+def upload_app_files(ctx: Context, transport: Transport, role: Role) -> None:
+    """What the proxy reads from the app's config directory: custom TLS certificates (from
+    secrets) and custom error pages (from ``error_pages_path``)."""
+    config = ctx.config
+    files: list[tuple[bytes, str]] = []
+    if role.proxy is not None and not isinstance(role.proxy.ssl, bool):
+        tls = f"{app_config_dir(config)}/tls/{role.name}"
+        files += [(ctx.secrets[role.proxy.ssl.certificate_pem].encode(), f"{tls}/cert.pem"),
+                  (ctx.secrets[role.proxy.ssl.private_key_pem].encode(), f"{tls}/key.pem")]
+    if config.schema.error_pages_path:
+        local = config.project_dir / config.schema.error_pages_path
+        files += [(page.read_bytes(), f"{error_pages_dir(ctx)}/{page.name}") for page in sorted(local.glob("*.html"))]
+    if not files:
+        return
+    directories = sorted({path.rsplit("/", 1)[0] for _, path in files})
+    transport.check(["mkdir", "-p", *directories])
+    for content, path in files:
+        # The proxy runs as its own user inside the container: it must be able to read these.
+        transport.upload(content, path, mode=0o644)
 
 
 def deploy_target(ctx: Context, transport: Transport, role: Role, container_id: str) -> CommandResult:
     assert role.proxy is not None
+    upload_app_files(ctx, transport, role)
     service = ctx.config.container_prefix(role.name)
     return transport.run(proxy_cli("deploy", service, *deploy_flags(ctx, role, role.proxy, container_id[:12])))
 
