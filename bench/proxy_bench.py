@@ -193,6 +193,52 @@ def memory_of(pid: int) -> Memory:
     return Memory(round(rss / 1024, 1), round(pss / 1024, 1), len(pids))
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs, /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def children_cpu_seconds() -> float:
+    """CPU used by this script's waited-for children so far (that is, wrk)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by pid's process tree. Workers that
+    exited in between are lost, which is fine for servers that keep theirs."""
+    user = system = 0
+    for p in proc_tree(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        user += int(fields[11])  # utime: field 14 of proc(5), counted after "pid (comm)"
+        system += int(fields[12])  # stime
+    return user / _TICK, system / _TICK
+
+
+def wait_for_quiet(max_pct: float, timeout: float) -> float:
+    """Wait (up to timeout s) until the machine's CPU use over 3 s is below max_pct of
+    all CPUs; returns the last figure. Nothing of ours runs yet at this point."""
+    deadline = time.monotonic() + timeout
+    while True:
+        b0, t0 = machine_busy_seconds(), time.monotonic()
+        time.sleep(3)
+        pct = (
+            (machine_busy_seconds() - b0) / ((time.monotonic() - t0) * (os.cpu_count() or 1)) * 100
+        )
+        if pct <= max_pct or time.monotonic() >= deadline:
+            return round(pct, 1)
+        log(f"machine busy ({pct:.0f}% CPU used by others); waiting for it to calm down")
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -270,10 +316,14 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n  " + "\n  ".join(text) if text else ""
 
 
+# No proxies from the environment (http_proxy etc.): every request stays on loopback.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, bytes]:
     url = f"http://127.0.0.1:{port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _OPENER.open(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -696,7 +746,9 @@ class Wrk:
             preexec_fn=preexec,
         )
         if res.returncode != 0:
-            raise BenchError(f"wrk failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:2000]}")
+            raise BenchError(
+                f"wrk failed ({res.returncode}): {(res.stderr or res.stdout).strip()[:2000]}"
+            )
         return parse_wrk(res.stdout)
 
     @contextlib.contextmanager
@@ -885,6 +937,32 @@ class Bench:
 
     # ---- throughput
 
+    def measure_once(self, name: str) -> dict[str, Any]:
+        """Warm up, then one measured wrk run against config `name`."""
+        url = f"http://127.0.0.1:{self.ports[name]}/"
+        if self.args.warmup > 0:
+            self.wrk.run(url, self.args.warmup)
+        pid, up_pid = self.server_pid(name), self.server_pid("direct")
+        u0, s0 = cpu_seconds(pid)
+        up0 = sum(cpu_seconds(up_pid)) if name != "direct" else 0.0
+        busy0, wrk0, t0 = machine_busy_seconds(), children_cpu_seconds(), time.monotonic()
+        res = self.wrk.run(url, self.args.duration)
+        busy1, wrk1, t1 = machine_busy_seconds(), children_cpu_seconds(), time.monotonic()
+        u1, s1 = cpu_seconds(pid)
+        up1 = sum(cpu_seconds(up_pid)) if name != "direct" else 0.0
+        # CPU the server under test spent per request (the upstream's for "direct"):
+        # where a proxy's time goes, user space vs kernel.
+        n = max(res.requests, 1)
+        # Whatever else ran meanwhile (other people's builds and tests on a shared
+        # machine), as % of all CPUs: a high figure flags a disturbed run.
+        other = (busy1 - busy0) - (u1 - u0 + s1 - s0) - (up1 - up0) - (wrk1 - wrk0)
+        return asdict(res) | {
+            "failed": res.failed,
+            "cpu_user_us_per_req": round((u1 - u0) / n * 1e6, 1),
+            "cpu_sys_us_per_req": round((s1 - s0) / n * 1e6, 1),
+            "other_cpu_pct": round(max(0.0, other) / ((t1 - t0) * (os.cpu_count() or 1)) * 100, 1),
+        }
+
     def throughput(self) -> None:
         configs = list(self.args.configs)
         rounds: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
@@ -892,15 +970,25 @@ class Bench:
             # Rotate the order every round so no config always follows the same one.
             order = configs[r % len(configs) :] + configs[: r % len(configs)]
             for name in order:
-                url = f"http://127.0.0.1:{self.ports[name]}/"
-                if self.args.warmup > 0:
-                    self.wrk.run(url, self.args.warmup)
-                res = self.wrk.run(url, self.args.duration)
-                rounds[name].append(asdict(res))
-                log(
-                    f"round {r + 1}/{self.args.rounds} {name:9s} {res.rps:9.0f} req/s  "
-                    f"p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms  errors {res.failed}"
-                )
+                for attempt in range(1 + self.args.retries):
+                    run = self.measure_once(name)
+                    disturbed = run["other_cpu_pct"] > self.args.max_other_load
+                    log(
+                        f"round {r + 1}/{self.args.rounds} {name:9s} {run['rps']:9.0f} req/s  "
+                        f"p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:6.2f} ms  "
+                        f"errors {run['failed']}  CPU/req {run['cpu_user_us_per_req']:.1f} us "
+                        f"user + {run['cpu_sys_us_per_req']:.1f} us sys  "
+                        f"other load {run['other_cpu_pct']:.0f}%"
+                        + (
+                            "  (disturbed: measuring again)"
+                            if disturbed and attempt < self.args.retries
+                            else ""
+                        )
+                    )
+                    run["attempt"] = attempt + 1
+                    if not disturbed:
+                        break
+                rounds[name].append(run)
         summary: dict[str, Any] = {}
         for name in configs:
             runs = rounds[name]
@@ -910,7 +998,10 @@ class Bench:
                 "p99_ms": statistics.median(x["p99_ms"] for x in runs),
                 "rps_min": min(x["rps"] for x in runs),
                 "rps_max": max(x["rps"] for x in runs),
-                "errors": sum(WrkResult(**x).failed for x in runs),
+                "errors": sum(x["failed"] for x in runs),
+                "cpu_user_us_per_req": statistics.median(x["cpu_user_us_per_req"] for x in runs),
+                "cpu_sys_us_per_req": statistics.median(x["cpu_sys_us_per_req"] for x in runs),
+                "other_cpu_pct_max": max(x["other_cpu_pct"] for x in runs),
                 "runs": runs,
             }
         if "nginx" in summary:
@@ -927,8 +1018,42 @@ class Bench:
                     ),
                     3,
                 )
+        add_quiet_stats(summary, self.args.max_other_load)
         self.results["throughput"] = summary
         self.results["log_bytes"] = self.log_sizes()
+
+    def profile(self, out: Path) -> None:
+        """py-spy samples shipyard-proxy during one extra wrk run (not part of the
+        throughput figures: sampling slows the process a little). The raw stacks go to
+        `out`, a summary of the hottest lines and functions into the results."""
+        pyspy = self.args.py_spy or shutil.which("py-spy")
+        if not pyspy:
+            raise BenchError(
+                "--profile needs py-spy: python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip "
+                "install py-spy, then pass --py-spy /tmp/pyspy/bin/py-spy"
+            )
+        secs = max(self.args.duration, 5)
+        pid = self.server_pid("shipyard")
+        url = f"http://127.0.0.1:{self.ports['shipyard']}/"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [str(pyspy), "record", "-p", str(pid), "-d", str(secs), "-r", "250"]
+        argv += ["-f", "raw", "-o", str(out), *self.args.py_spy_args]
+        # Don't pause the process to sample it, unless native stacks need that.
+        if "--native" not in self.args.py_spy_args:
+            argv.append("--nonblocking")
+        spy = self.procs.spawn("py-spy", argv, stderr=self.tmp / "py-spy.log")
+        time.sleep(0.5)
+        res = self.wrk.run(url, secs + 1)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError("py-spy did not finish") from exc
+        finally:
+            self.procs.stop(spy)
+        if not out.exists():
+            raise BenchError(f"py-spy wrote nothing{_tail(self.tmp / 'py-spy.log')}")
+        self.results["profile"] = {"raw": str(out), "rps_while_sampled": res.rps}
+        self.results["profile"] |= summarize_profile(out)
 
     def log_sizes(self) -> dict[str, int]:
         """Access-log sizes: evidence that every proxy logged every request."""
@@ -1074,6 +1199,55 @@ class Bench:
 # --------------------------------------------------------------------------- report
 
 
+def summarize_profile(raw: Path, top: int = 20) -> dict[str, list[str]]:
+    """Top lines by own time and top functions by inclusive time from py-spy's raw
+    (collapsed stacks) output. Own time on a line that calls into C (a transport
+    write, say) includes that call, and so the syscall behind it."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        # Inclusive per function (file:line dropped), each function once per stack.
+        for func in {re.sub(r":\d+\)$", ")", f) for f in frames}:
+            incl[func] = incl.get(func, 0) + n
+    if not total:
+        return {"own": [], "inclusive": []}
+
+    def fmt(d: dict[str, int]) -> list[str]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])
+        return [f"{n / total * 100:5.1f}% {f}" for f, n in best if n / total < 0.97][:top]
+
+    return {"own": fmt(own), "inclusive": fmt(incl), "samples": [str(total)]}
+
+
+def add_quiet_stats(tp: dict[str, Any], max_other: float) -> None:
+    """Medians over the undisturbed runs only (other processes used at most max_other %
+    of the CPU): on a shared machine these are the figures to trust, when there are any."""
+    for s in tp.values():
+        quiet = [r for r in s["runs"] if r["other_cpu_pct"] <= max_other]
+        s["quiet"] = {"max_other_cpu_pct": max_other, "n": len(quiet)}
+        if quiet:
+            s["quiet"] |= {
+                "rps": statistics.median(r["rps"] for r in quiet),
+                "p50_ms": statistics.median(r["p50_ms"] for r in quiet),
+                "p99_ms": statistics.median(r["p99_ms"] for r in quiet),
+            }
+    ref = tp.get("nginx", {}).get("quiet", {})
+    if ref.get("n"):
+        for s in tp.values():
+            q = s["quiet"]
+            if q["n"]:
+                q["rps_x_nginx"] = round(q["rps"] / ref["rps"], 3)
+                q["p99_x_nginx"] = round(q["p99_ms"] / ref["p99_ms"], 3)
+
+
 def fmt_table(results: dict[str, Any], configs: list[str]) -> str:
     lines: list[str] = []
     tp = results.get("throughput")
@@ -1086,30 +1260,62 @@ def fmt_table(results: dict[str, Any], configs: list[str]) -> str:
     }
     if tp:
         lines += [
-            "| config | req/s | x nginx | p50 ms | p99 ms | p99 x nginx | req/s min-max | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| config | req/s | x nginx | p50 ms | p99 ms | p99 x nginx | req/s min-max "
+            "| server CPU us/req user + sys | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name in configs:
             s = tp[name]
             lines.append(
                 f"| {names[name]} | {s['rps']:,.0f} | {s.get('rps_x_nginx', float('nan')):.2f} | "
                 f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s.get('p99_x_nginx', float('nan')):.2f} | "
-                f"{s['rps_min']:,.0f}-{s['rps_max']:,.0f} | {s['errors']} |"
+                f"{s['rps_min']:,.0f}-{s['rps_max']:,.0f} | "
+                f"{s['cpu_user_us_per_req']:.1f} + {s['cpu_sys_us_per_req']:.1f} | {s['errors']} |"
             )
-        lines.append("")
+        others = [r["other_cpu_pct"] for name in configs for r in tp[name]["runs"]]
+        q0 = tp[configs[0]].get("quiet", {})
+        if q0:
+            lines += [
+                "",
+                f"Undisturbed runs only (other processes used <= {q0['max_other_cpu_pct']:g}% of "
+                "the CPU):",
+                "",
+                "| config | runs | req/s | x nginx | p50 ms | p99 ms | p99 x nginx |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for name in configs:
+                q = tp[name]["quiet"]
+                if not q["n"]:
+                    lines.append(f"| {names[name]} | 0 | - | - | - | - | - |")
+                    continue
+                lines.append(
+                    f"| {names[name]} | {q['n']} | {q['rps']:,.0f} | "
+                    f"{q.get('rps_x_nginx', float('nan')):.2f} | {q['p50_ms']:.2f} | "
+                    f"{q['p99_ms']:.2f} | {q.get('p99_x_nginx', float('nan')):.2f} |"
+                )
+        lines += [
+            "",
+            f"CPU used by other processes during the measured runs: median "
+            f"{statistics.median(others):.0f}%, max {max(others):.0f}% of the machine.",
+            "",
+        ]
     mi, mc = results.get("memory_idle"), results.get("memory_connections")
     if mi:
         n = mc["count"] if mc else 0
         lines += [
-            f"| proxy | RSS idle MB | RSS {n} idle conns MB | RSS {n} conns after 1 request each MB | PSS same MB | processes |",
-            "|---|---:|---:|---:|---:|---:|",
+            f"| proxy | RSS idle MB | RSS after the throughput runs MB | RSS {n} idle conns MB "
+            f"| RSS {n} conns, 1 request each MB | same, PSS MB | RSS after closing them MB "
+            "| processes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, mem in mi.items():
             c = (mc or {}).get("by_config", {}).get(name, {})
             ic, ar = c.get("idle_connections", {}), c.get("after_one_request_each", {})
+            before, after = c.get("before", {}), c.get("after_close", {})
             lines.append(
-                f"| {names[name]} | {mem['rss_mb']} | {ic.get('rss_mb', '-')} | {ar.get('rss_mb', '-')} | "
-                f"{ar.get('pss_mb', '-')} | {mem['processes']} |"
+                f"| {names[name]} | {mem['rss_mb']} | {before.get('rss_mb', '-')} | "
+                f"{ic.get('rss_mb', '-')} | {ar.get('rss_mb', '-')} | {ar.get('pss_mb', '-')} | "
+                f"{after.get('rss_mb', '-')} | {mem['processes']} |"
             )
         lines.append("")
     zd = results.get("zero_downtime")
@@ -1273,15 +1479,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--base-port",
         type=int,
-        default=18100,
-        help="upstream port; proxies use +1..+3, zero-downtime servers +10..+22",
+        default=28100,
+        help="upstream port; nginx, haproxy, Caddy use +1..+3, shipyard-proxy +4 (HTTP), +5 "
+        "(HTTPS), +6 (metrics), the zero-downtime servers +10..+22. Below the ephemeral "
+        "port range, and away from the 18xxx ports the proxy's own tests use",
     )
     p.add_argument(
         "--shipyard-proxy", type=Path, default=DEFAULT_SHIPYARD, help="shipyard-proxy executable"
     )
-    p.add_argument("--shipyard-port", type=int, default=18080)
-    p.add_argument("--shipyard-https-port", type=int, default=18443)
-    p.add_argument("--shipyard-metrics-port", type=int, default=19090)
+    p.add_argument("--shipyard-port", type=int, default=None, help="default: base + 4")
+    p.add_argument("--shipyard-https-port", type=int, default=None, help="default: base + 5")
+    p.add_argument("--shipyard-metrics-port", type=int, default=None, help="default: base + 6")
     p.add_argument(
         "--json",
         type=Path,
@@ -1289,9 +1497,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where to write results (default bench/results/proxy-<timestamp>.json)",
     )
     p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: print the tables of an earlier bench/results/proxy-*.json",
+    )
+    p.add_argument(
         "--keep-tmp", action="store_true", help="keep the temp dir (configs, logs, wrk output)"
     )
+    p.add_argument(
+        "--max-other-load",
+        type=float,
+        default=25,
+        help="a throughput run during which other processes used more than this %% of the "
+        "machine's CPU counts as disturbed and is measured again (see --retries)",
+    )
+    p.add_argument("--retries", type=int, default=2, help="re-measurements of a disturbed run")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120,
+        help="before starting, wait up to this many seconds for other CPU use to drop "
+        "below --max-other-load",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the throughput runs, sample shipyard-proxy with py-spy under load",
+    )
+    p.add_argument("--py-spy", type=Path, default=None, help="py-spy executable for --profile")
+    p.add_argument(
+        "--py-spy-arg",
+        dest="py_spy_args",
+        action="append",
+        default=[],
+        help="extra py-spy record argument, e.g. --py-spy-arg=--native (repeatable)",
+    )
     args = p.parse_args(argv)
+    args.shipyard_port = args.shipyard_port or args.base_port + 4
+    args.shipyard_https_port = args.shipyard_https_port or args.base_port + 5
+    args.shipyard_metrics_port = args.shipyard_metrics_port or args.base_port + 6
     if args.smoke:
         args.rounds, args.duration, args.warmup = 1, 2, 1
         args.swaps, args.conns = 4, 200
@@ -1308,8 +1554,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report(path: Path) -> int:
+    """Print the tables and verdicts of an earlier results file."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"cannot read {path}: {exc}") from exc
+    configs = list(results["meta"]["args"]["configs"])
+    tp = results.get("throughput")
+    if tp and "quiet" not in next(iter(tp.values())):
+        add_quiet_stats(tp, float(results["meta"]["args"].get("max_other_load", 25)))
+    print(f"{path} (started {results['meta']['started']})\n")
+    print(fmt_table(results, configs))
+    for line in verdict(results):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args.report)
     if "shipyard" in args.configs:
         why = shipyard_usable(args.shipyard_proxy)
         if why:
@@ -1324,6 +1589,7 @@ def main(argv: list[str] | None = None) -> int:
             f"RLIMIT_NOFILE is {nofile}; need at least {args.conns + 200} for --conns {args.conns}"
         )
     started = dt.datetime.now().astimezone()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
     tmp = Path(tempfile.mkdtemp(prefix="shipyard-bench-proxy-"))
     procs = Processes(pin=args.pin)
     # SIGTERM/SIGHUP unwind through the finally below like Ctrl-C does.
@@ -1348,12 +1614,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     exit_code = 0
     try:
+        if args.wait_quiet > 0:
+            results["meta"]["other_cpu_pct_at_start"] = wait_for_quiet(
+                args.max_other_load, args.wait_quiet
+            )
         log(f"temp dir {tmp}")
         bench.start_servers()
         if "memory" not in args.skip:
             bench.measure_idle_memory()
         if "throughput" not in args.skip:
             bench.throughput()
+        if args.profile and "shipyard" in args.configs:
+            bench.profile(RESULTS_DIR / f"proxy-{stamp}-pyspy.txt")
         if "memory" not in args.skip:
             bench.measure_connections_memory()
         if "zero-downtime" not in args.skip:
@@ -1365,7 +1637,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         results["meta"]["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        out = args.json or RESULTS_DIR / f"proxy-{started.strftime('%Y%m%d-%H%M%S')}.json"
+        out = args.json or RESULTS_DIR / f"proxy-{stamp}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         if args.keep_tmp:
@@ -1375,6 +1647,11 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_table(results, args.configs))
     for line in verdict(results):
         print(line)
+    if "profile" in results:
+        prof = results["profile"]
+        print(f"\npy-spy, shipyard-proxy under load ({prof['rps_while_sampled']:,.0f} req/s):")
+        print("  own time per line:\n    " + "\n    ".join(prof["own"][:12]))
+        print("  inclusive per function:\n    " + "\n    ".join(prof["inclusive"][:12]))
     print(f"\nresults: {out}")
     return exit_code
 
