@@ -130,7 +130,9 @@ def shipyard_configure(ctx: Context) -> None:
 
 @hookspec
 def shipyard_unconfigure(ctx: Context) -> None:
-    """The invocation is over (after ``shipyard_post_command``); release per-run state.
+    """The invocation is over (after ``shipyard_post_command``); release per-run state
+    and finish any background work here: the ``shipyard`` process ends right after, with
+    ``os._exit`` (no ``atexit`` handlers run).
 
     Called even when the command failed. Exceptions are reported but do not change the
     exit code. Return value ignored.

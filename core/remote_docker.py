@@ -13,6 +13,9 @@ from typing import Any
 
 Argv = list[str]
 
+NETWORK = "shipyard"  # the Docker network apps and the proxy share on each host
+PROXY_CONTAINER = "shipyard-proxy"
+
 
 def labels(service: str, role: str | None = None, destination: str | None = None) -> dict[str, str]:
     """Kamal's labels. ``destination`` is always present (empty without ``-d``), so a

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shipyard.core import remote_docker
-from shipyard.core.config.model import PROXY_CONTAINER
 from shipyard.core.parallel import on_hosts, report
+from shipyard.core.remote_docker import PROXY_CONTAINER
 
 if TYPE_CHECKING:
     from shipyard.core.context import Context

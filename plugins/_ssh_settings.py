@@ -187,7 +187,7 @@ def read_ssh_config(paths: Sequence[str]) -> Lookup:
     """Parse ``paths`` (in priority order) with paramiko's SSHConfig."""
     if not paths:
         return no_config
-    import paramiko
+    from shipyard.plugins._ssh_import import paramiko
 
     parsed = paramiko.SSHConfig()
     for path in paths:

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import paramiko
-
 from shipyard.core.errors import (
     HostAuthFailed,
     HostError,
@@ -38,6 +36,7 @@ from shipyard.core.errors import (
     PluginError,
 )
 from shipyard.core.transport import CommandResult, OutputSink, Transport
+from shipyard.plugins._ssh_import import paramiko
 from shipyard.plugins._ssh_known_hosts import KnownHosts, Verdict, key_fingerprint
 from shipyard.plugins._ssh_settings import (
     SshSettings,

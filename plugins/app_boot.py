@@ -16,10 +16,10 @@ import time
 from typing import TYPE_CHECKING
 
 from shipyard.core import hookimpl, remote_docker
-from shipyard.core.config.model import NETWORK, PROXY_CONTAINER
 from shipyard.core.containers import AppContainers, Container, listing_argv, parse_listing
 from shipyard.core.errors import HostError, ShipyardError
 from shipyard.core.records import BootResult
+from shipyard.core.remote_docker import NETWORK, PROXY_CONTAINER
 
 if TYPE_CHECKING:
     from shipyard.core.config.model import Config, Role
@@ -31,6 +31,9 @@ _DIAGNOSE = (
     'docker inspect --format "$1" "$2" 2>&1; echo "---8<---"; docker logs --tail 10 "$2" 2>&1; '
     'echo "---8<---"; docker logs --tail 10 "$3" 2>&1; true'
 )
+
+
+_WRITE_ENV_AND_RUN = 'umask 077 && cat > "$1" && chmod 600 "$1" && shift && exec "$@"'
 
 
 class BootFailed(HostError):
@@ -116,9 +119,13 @@ def shipyard_boot_container(ctx: Context, host: str, role: str) -> BootResult:
         transport.check(remote_docker.rename(clash.id, replaced))
 
     env_file = f"{env_dir(config)}/{role}.env"
-    transport.upload(env_file_contents(ctx, spec, host), env_file, mode=0o600)
     ctx.audit(f"Booted app version {ctx.version}", hosts=[host], role=role)
-    container_id = transport.check(run_argv(ctx, spec, host, name, env_file)).stdout.strip()
+    # One round trip: write the env file (0600, secrets arrive on stdin, never on a
+    # command line) and run the container.
+    container_id = transport.check(
+        ["sh", "-c", _WRITE_ENV_AND_RUN, "sh", env_file, *run_argv(ctx, spec, host, name, env_file)],
+        stdin=env_file_contents(ctx, spec, host),
+    ).stdout.strip()
     boot = BootResult(host, role, name, container_id, replaced=old.name if old else None)
     try:
         if spec.proxied:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shipyard.core import hookimpl, remote_docker
-from shipyard.core.config.model import NETWORK, PROXY_CONTAINER
 from shipyard.core.errors import CommandFailed, HostError
+from shipyard.core.remote_docker import NETWORK, PROXY_CONTAINER
 
 if TYPE_CHECKING:
     from shipyard.core.config.model import Config, Role

@@ -22,8 +22,6 @@ from shipyard.core.config.schema import (
 )
 
 DEFAULT_REGISTRY = "docker.io"
-NETWORK = "shipyard"  # the Docker network apps and the proxy share on each host
-PROXY_CONTAINER = "shipyard-proxy"
 
 
 @dataclass(frozen=True)

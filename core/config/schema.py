@@ -10,8 +10,13 @@ path the user wrote, not a list of every union branch.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
+
+# pydantic scans every installed distribution for plugins of its own when it is first
+# imported; shipyard uses none, and the scan costs start-up time on every command.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from pydantic import (
     BaseModel,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 KeyPath = tuple[str | int, ...]
 
-try:  # the C loader is several times faster on big files; fall back when absent
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment,attr-defined,unused-ignore]
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+
+def _loader() -> type[yaml.SafeLoader]:
+    import yaml
+
+    # The C loader is several times faster on big files; fall back when absent.
+    loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return loader
 
 
 def load_with_lines(text: str) -> tuple[Any, dict[KeyPath, int]]:
@@ -20,6 +24,9 @@ def load_with_lines(text: str) -> tuple[Any, dict[KeyPath, int]]:
     Anchors, aliases and ``<<`` merge keys work as in Kamal (which uses ``unsafe_load``
     only for those). Raises ``yaml.YAMLError`` with a position on bad syntax.
     """
+    import yaml
+
+    _Loader = _loader()
     node = yaml.compose(text, Loader=_Loader)
     lines: dict[KeyPath, int] = {}
     if node is not None:
@@ -29,6 +36,8 @@ def load_with_lines(text: str) -> tuple[Any, dict[KeyPath, int]]:
 
 
 def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
+    import yaml
+
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:

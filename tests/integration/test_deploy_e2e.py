@@ -58,6 +58,7 @@ def test_setup_then_deploy_v1(web_and_workers: DeployProject, lab: Any) -> None:
     assert serving(lab, [h1, h2]) == ["hello from demo v1", "hello from demo v1"]
     workers = h3.run("docker ps --filter label=role=workers --format '{{.Names}}'").stdout.split()
     assert workers == ["demo-workers-v1"]
+    assert h1.run("stat -c %a /root/.shipyard/apps/demo/env/roles/web.env").stdout.strip() == "600"
     names = [line.split()[0] for line in hook_log(web_and_workers)]
     # Kamal's order; pre/post-app-boot once for the single boot group.
     assert names == ["pre-connect", "pre-build", "post-push", "pre-deploy", "pre-app-boot", "post-app-boot",

@@ -62,3 +62,17 @@ def test_cli_start_up_does_not_import_heavy_libraries() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_loading_the_builtin_plugins_imports_no_heavy_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib; from shipyard.core.plugins import ShipyardPluginManager; "
+        "ShipyardPluginManager().load(project_dir=pathlib.Path('.'), autoload=False); "
+        "heavy = {'pydantic', 'yaml', 'jinja2', 'paramiko', 'docker', 'rich', 'invoke'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
