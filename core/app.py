@@ -48,14 +48,24 @@ def start(ctx: Context) -> None:
 
     config = ctx.config
 
+    explicit = _explicit_version(ctx)
+
     def start_on(transport: Transport) -> str:
         started = []
+        found = None if explicit else list_app_containers(transport, config)
         for role in roles_on(ctx, transport.host):
-            name = config.container_name(role.name, ctx.version)
+            if explicit:
+                name = config.container_name(role.name, explicit)
+            else:
+                # The role's newest container: the one `app stop` stopped.
+                newest = next(iter(found.of_role(role.name)), None) if found else None
+                if newest is None:
+                    raise HostError(transport.host, f"no {role.name} container to start")
+                name = newest.name
             container_id = transport.check(["sh", "-c", _START, "sh", name]).stdout.strip()
             if role.proxied:
                 proxy.deploy_target(ctx, transport, role, container_id).check()
-            ctx.audit(f"Started app version {ctx.version}", hosts=[transport.host], role=role.name)
+            ctx.audit(f"Started app container {name}", hosts=[transport.host], role=role.name)
             started.append(name)
         return f"Started {', '.join(started)}"
 
@@ -143,6 +153,8 @@ def exec_(ctx: Context, words: tuple[str, ...], *, interactive: bool, reuse: boo
     """Run a command in the app's image: in a new container, or with ``--reuse`` in the
     running one. The command is split like a shell would, never run by the host's shell."""
     config = ctx.config
+    # Kamal: the version asked for, else whatever each host has tagged latest (what it runs).
+    version = _explicit_version(ctx) or config.latest_tag
     command = shlex.split(" ".join(words))
     extra = {key: value for key, _, value in (item.partition(":") for item in env)}
 
@@ -153,7 +165,7 @@ def exec_(ctx: Context, words: tuple[str, ...], *, interactive: bool, reuse: boo
                 raise HostError(transport.host, f"no running {role.name} container to reuse")
             return remote_docker.exec_(current.id, command, interactive=tty, env=extra)
         return remote_docker.run(
-            config.image_ref(ctx.version), name=f"{config.container_prefix(role.name)}-exec-{ctx.version}-{_token()}",
+            config.image_ref(version), name=f"{config.container_prefix(role.name)}-exec-{version}-{_token()}",
             network="shipyard", restart=None, detach=detach,
             env={**role.env.clear, **extra}, options={"rm": not detach, "interactive": tty, "tty": tty},
             container_labels=remote_docker.labels(config.service, role.name, config.destination), cmd=command,
@@ -163,7 +175,7 @@ def exec_(ctx: Context, words: tuple[str, ...], *, interactive: bool, reuse: boo
         host = ctx.hosts[0]
         role = roles_on(ctx, host)[0]
         transport = ctx.connections.get(host)
-        ctx.audit(f"Executed cmd '{' '.join(words)}' on app version {ctx.version}", hosts=[host], role=role.name)
+        ctx.audit(f"Executed cmd '{' '.join(words)}' on app version {version}", hosts=[host], role=role.name)
         status = transport.interactive(argv_for(transport, role, True))
         if status:
             raise ExitStatus(status)
@@ -173,12 +185,19 @@ def exec_(ctx: Context, words: tuple[str, ...], *, interactive: bool, reuse: boo
         outputs = []
         for role in roles_on(ctx, transport.host):
             result = transport.check(argv_for(transport, role, False))
-            ctx.audit(f"Executed cmd '{' '.join(words)}' on app version {ctx.version}", hosts=[transport.host],
+            ctx.audit(f"Executed cmd '{' '.join(words)}' on app version {version}", hosts=[transport.host],
                       role=role.name)
             outputs.append(result.stdout.rstrip("\n"))
         return "\n".join(outputs)
 
     _each_host(ctx, exec_on)
+
+
+def _explicit_version(ctx: Context) -> str | None:
+    """``--version`` or ``$VERSION``: app commands default to what runs, not to git HEAD."""
+    import os
+
+    return ctx.options.version or os.environ.get("VERSION") or None
 
 
 def _token() -> str:

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from shipyard.core import registry_tunnel, remote_docker
+from shipyard.core import registry_tunnel
 from shipyard.core.errors import HostError, ShipyardError
 from shipyard.core.lock import deploy_lock
 from shipyard.core.parallel import on_hosts, report
@@ -172,7 +172,7 @@ def roles_on(ctx: Context, host: str) -> list[Role]:
 
 def boot_app(ctx: Context) -> None:
     """Boot the version on every host in play, group by group (``boot.limit``), with
-    pre/post-app-boot around each group and ``boot.wait`` after it, then tag it latest."""
+    pre/post-app-boot around each group and ``boot.wait`` after it."""
     config = ctx.config
     primary = config.schema.primary_role
     hosts = [host for host in ctx.hosts if roles_on(ctx, host)]
@@ -204,18 +204,6 @@ def boot_app(ctx: Context) -> None:
         ctx.hooks.post_app_boot(ctx, group)
         if config.schema.boot.wait:
             time.sleep(config.schema.boot.wait)
-    tag_latest(ctx, hosts)
-
-
-def tag_latest(ctx: Context, hosts: list[str]) -> None:
-    config = ctx.config
-    image, latest = config.image_ref(ctx.version), config.image_ref(config.latest_tag)
-
-    def tag(transport: Transport) -> None:
-        transport.check(remote_docker.tag(image, latest))
-        ctx.audit(f"Tagging {image} as the latest image", hosts=[transport.host])
-
-    on_hosts(ctx, hosts, tag).raise_failures()
 
 
 def ensure_version_everywhere(ctx: Context, version: str) -> None:

@@ -33,6 +33,10 @@ _DIAGNOSE = (
 )
 
 
+_RETIRE = (
+    'old=$1; timeout=$2; shift 2; if [ -n "$old" ]; then '
+    'docker stop ${timeout:+--time "$timeout"} "$old" >/dev/null || exit; fi; docker tag "$1" "$2"'
+)
 _WRITE_ENV_AND_RUN = 'umask 077 && cat > "$1" && chmod 600 "$1" && shift && exec "$@"'
 
 
@@ -134,19 +138,25 @@ def shipyard_boot_container(ctx: Context, host: str, role: str) -> BootResult:
             wait_until_ready(ctx, transport, container_id)
     except ShipyardError as error:
         raise _failed(ctx, transport, boot, error) from error
-    if old is not None:
-        stop(ctx, transport, spec, old)
+    retire(ctx, transport, spec, old)
     ctx.output.info(f"Booted {name}" + (f" (replacing {old.name})" if old else ""), host=host)
     return boot
 
 
-def stop(ctx: Context, transport: Transport, role: Role, container: Container) -> None:
-    """Stop an old container. Proxied roles have drained by now, so Docker's default stop
-    timeout suffices; other roles get ``drain_timeout`` to finish their work (Kamal)."""
+def retire(ctx: Context, transport: Transport, role: Role, old: Container | None) -> None:
+    """The new container serves: stop the old one and tag the new image as latest, in one
+    round trip. Proxied roles have drained by now, so Docker's default stop timeout
+    suffices; other roles get ``drain_timeout`` to finish their work (Kamal). The tag
+    moves host by host, so ``latest`` always names what that host runs, also when a later
+    boot group fails."""
+    config = ctx.config
     timeout = role.stop_timeout if role.stop_timeout is not None else (
-        None if role.proxied else ctx.config.schema.drain_timeout
+        None if role.proxied else config.schema.drain_timeout
     )
-    transport.check(remote_docker.stop(container.id, timeout=timeout))
+    image, latest = config.image_ref(ctx.version), config.image_ref(config.latest_tag)
+    transport.check(["sh", "-c", _RETIRE, "sh", old.id if old else "", "" if timeout is None else str(timeout),
+                     image, latest])
+    ctx.audit(f"Tagging {image} as the latest image", hosts=[transport.host], role=role.name)
 
 
 def wait_until_ready(ctx: Context, transport: Transport, container_id: str) -> None:

@@ -121,7 +121,23 @@ def boot(ctx: Context, transport: Transport) -> str:
     if not pulled.ok:
         raise CommandFailed(transport.host, ["docker", "pull", reference], pulled.exit_status, pulled.stderr)
     transport.check(run_argv(config, home))
+    wait_until_answering(transport)
     return f"Booted proxy {reference}"
+
+
+def wait_until_answering(transport: Transport, timeout: float = 30.0) -> None:
+    """A booted proxy counts once its control socket answers (it has restored its routes
+    by then), so a rolling reboot never moves on to the next host too early."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = transport.run(proxy_cli("list"))
+        if answer.ok:
+            return
+        if time.monotonic() >= deadline:
+            raise CommandFailed(transport.host, ["shipyard-proxy", "list"], answer.exit_status, answer.stderr)
+        time.sleep(0.2)
 
 
 def remove_container(transport: Transport) -> None:

@@ -52,7 +52,9 @@ def details(ctx: Context) -> None:
     _ops().details(ctx)
 
 
-@command("exec", parent=app, context_settings={"ignore_unknown_options": True})
+# Options go before the command; everything from the command's first word on is the
+# command, as with `docker exec` (so `app exec ls -la` works).
+@command("exec", parent=app, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-i", "--interactive", is_flag=True, help="Execute command over ssh for an interactive shell (use for console/bash).")
 @click.option("--reuse", is_flag=True, help="Reuse currently running container instead of starting a new one.")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY:VALUE", help="Set environment variables for the command.")

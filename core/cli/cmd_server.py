@@ -10,7 +10,9 @@ from shipyard.core.context import Context
 server = group("server", help="Bootstrap servers with curl and Docker")
 
 
-@command("exec", parent=server, context_settings={"ignore_unknown_options": True})
+# Options go before the command; everything from the command's first word on is the
+# command, as with `ssh host CMD`.
+@command("exec", parent=server, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-i", "--interactive", is_flag=True, help="Run the command interactively (on the primary host).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(ctx: Context, interactive: bool, cmd: tuple[str, ...]) -> None:

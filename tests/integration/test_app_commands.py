@@ -23,7 +23,7 @@ def deployed(lab: Any, proxy_image: str, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_exec_in_a_new_container_and_reused(deployed: DeployProject, lab: Any) -> None:
-    fresh = deployed.run("app", "exec", "-q", "sh", "-c", "'echo $APP_NAME'").ok().stdout.split()
+    fresh = deployed.run("app", "exec", "-q", "sh -c 'echo $APP_NAME'").ok().stdout.split()
     assert fresh == [f"[{lab.hosts[0].address}]", "demo", f"[{lab.hosts[1].address}]", "demo"]
     reused = deployed.run("app", "exec", "-q", "--reuse", "-p", "printenv", "SHIPYARD_CONTAINER_NAME").ok().stdout
     assert reused.strip().endswith("demo-web-a1")
@@ -36,7 +36,8 @@ def test_logs_containers_images_and_details(deployed: DeployProject, lab: Any) -
     assert deployed.run("app", "containers", "-q").ok().stdout.count("demo-web-a1") == 2
     assert deployed.run("app", "images", "-q").ok().stdout.count("localhost:5555/demo") >= 2
     details = deployed.run("details", "-q").ok().stdout
-    assert details.count("shipyard-proxy") == 2 and details.count("demo-web-a1") == 2
+    assert details.count("Proxy:") == 2 and details.count(" shipyard-proxy\n") == 2
+    assert details.count("demo-web-a1") == 2
 
 
 def test_maintenance_serves_the_custom_page_then_live(deployed: DeployProject, lab: Any) -> None:
@@ -53,7 +54,7 @@ def test_stop_then_start(deployed: DeployProject, lab: Any) -> None:
     host = lab.hosts[0].address
     deployed.run("app", "stop").ok()
     assert get(host)[0] == 404
-    deployed.run("app", "start", "--version", "a1").ok()
+    deployed.run("app", "start").ok()
     assert get(host) == (200, f"hello from demo a1 on {host}\n")
 
 

@@ -48,7 +48,7 @@ def test_filters_pick_hosts(project: LabProject, lab: Any) -> None:
     h1, h2 = lab.hosts[0], lab.hosts[1]
     assert project.run("server", "exec", "-p", "hostname").ok().stdout == f"[{h1.address}] h1\n"
     assert (
-        project.run("server", "exec", "hostname", "-h", h2.address).ok().stdout
+        project.run("server", "exec", "-h", h2.address, "hostname").ok().stdout
         == f"[{h2.address}] h2\n"
     )
     assert (

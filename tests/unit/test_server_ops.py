@@ -21,7 +21,7 @@ def test_exec_runs_through_the_remote_shell_and_aligns_output(
     project: Project, shipyard_fake_transport: FakeTransportKit
 ) -> None:
     shipyard_fake_transport.respond(r"^sh -c 'uname -n'$", stdout="linux\n")
-    result = project.run("server", "exec", "uname", "-n", "--version", "v1").assert_ok()
+    result = project.run("server", "exec", "--version", "v1", "uname", "-n").assert_ok()
     assert result.stdout.splitlines() == ["[web-1]  linux", "[web-2]  linux", "[job-10] linux"]
     assert shipyard_fake_transport.commands["web-1"][0] == ("sh", "-c", "uname -n")
     audit = shipyard_fake_transport.commands["web-1"][1]
@@ -34,7 +34,7 @@ def test_exec_failures_are_one_line_per_host_after_the_successes(
     project: Project, shipyard_fake_transport: FakeTransportKit
 ) -> None:
     shipyard_fake_transport.respond("false", exit_status=1, stderr="nope\n", host="web-2")
-    result = project.run("server", "exec", "false", "--version", "v1")
+    result = project.run("server", "exec", "--version", "v1", "false")
     assert result.exit_code == 1
     assert result.stderr == "Error: [web-2] `false` exited with 1: nope\n"
 
