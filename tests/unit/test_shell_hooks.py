@@ -14,6 +14,9 @@ from shipyard.core.testing import FakeTransportKit, Project
 from shipyard.plugins import shell_hooks
 
 CONFIG = {"service": "shop", "image": "acme/shop", "servers": {"web": ["w1", "w2"], "jobs": ["j1"]}}
+# pre-build also runs the build plugin's local checks (a reachable Docker engine); these
+# tests are about the shell hooks alone, on machines without Docker too.
+WITHOUT_BUILDER = ("docker_build",)
 DUMP_ENV = "#!/bin/sh\nenv | grep -E '^(SHIPYARD|KAMAL)_|^DB_PASSWORD=' | sort > \"$DUMP_TO\"\n"
 
 
@@ -80,7 +83,7 @@ def test_post_deploy_gets_the_runtime_and_destination(
 
 def test_a_non_zero_exit_aborts_and_shows_the_output(project: Project) -> None:
     project.write_shell_hook("pre-build", "#!/bin/sh\necho 'checking tree'\necho 'tree is dirty' >&2\nexit 3\n")
-    ctx = project.context("build", "push", version="v1")
+    ctx = project.context("build", "push", version="v1", no_plugins=WITHOUT_BUILDER)
     with pytest.raises(HookFailed) as failed:
         ctx.hooks.pre_build(ctx)
     assert str(failed.value) == "Hook `pre-build` failed (exit 3):\nchecking tree\ntree is dirty"
@@ -88,7 +91,7 @@ def test_a_non_zero_exit_aborts_and_shows_the_output(project: Project) -> None:
 
 def test_skip_hooks_skips_them(project: Project, tmp_path: Path) -> None:
     project.write_shell_hook("pre-build", "#!/bin/sh\nexit 1\n")
-    ctx = project.context("build", "push", version="v1", skip_hooks=True)
+    ctx = project.context("build", "push", version="v1", skip_hooks=True, no_plugins=WITHOUT_BUILDER)
     ctx.hooks.pre_build(ctx)
 
 
@@ -99,7 +102,7 @@ def test_user_hooks_in_home_run_after_the_projects(project: Project, tmp_path: P
     user_hook.parent.mkdir(parents=True)
     user_hook.write_text(f"#!/bin/sh\necho user >> {log}\n")
     user_hook.chmod(0o755)
-    ctx = project.context("build", "push", version="v1")
+    ctx = project.context("build", "push", version="v1", no_plugins=WITHOUT_BUILDER)
     ctx.hooks.pre_build(ctx)
     assert log.read_text().split() == ["project", "user"]
 
@@ -119,7 +122,7 @@ def test_a_kamal_project_uses_dot_kamal_hooks_and_secrets(shipyard_project: Proj
 def test_a_non_executable_hook_is_skipped_with_a_warning(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     hook = project.write(".shipyard/hooks/pre-build", "#!/bin/sh\nexit 1\n")
     hook.chmod(0o644)
-    ctx = project.context("build", "push", version="v1")
+    ctx = project.context("build", "push", version="v1", no_plugins=WITHOUT_BUILDER)
     ctx.hooks.pre_build(ctx)
     assert "Hook `pre-build` at" in capsys.readouterr().err
 
