@@ -52,34 +52,50 @@ def status(ctx: Context) -> str | None:
 
 
 def try_acquire(ctx: Context, message: str) -> str | None:
-    """Take the lock; return None on success, or the holder's details. One round trip:
-    create the directory (atomically) and write the details from stdin."""
+    """Take the lock; return None on success, or the holder's details ("" while the holder
+    is still writing them or has just let go). One round trip: create the directory
+    (atomically) and write the details from stdin, or read the holder's details."""
     directory = lock_dir(ctx)
     # Exit 3 only when the directory already exists; any other mkdir failure shows itself.
-    script = 'mkdir -p "$1" && { mkdir "$2" 2>/dev/null || { test -d "$2" && exit 3; mkdir "$2"; }; } && cat > "$2/details"'
+    script = (
+        'mkdir -p "$1" && { mkdir "$2" 2>/dev/null || { test -d "$2" && { cat "$2/details" 2>/dev/null; exit 3; }; mkdir "$2"; }; }'
+        ' && cat > "$2/details"'
+    )
     taken = _primary(ctx).run(
         ["sh", "-c", script, "sh", ctx.config.run_directory, directory], stdin=_details(ctx, message).encode()
     )
     if taken.exit_status == 3:
-        return status(ctx) or "Locked"
+        return taken.stdout.strip()
     taken.check()
     return None
+
+
+# A lock without details is either being written or has just been released: look again soon.
+_TRANSIENT_RETRIES = 20
+_TRANSIENT_PAUSE = 0.1
 
 
 def acquire(ctx: Context, message: str) -> None:
     """Take the lock, waiting with ``--lock-wait`` for an automatic lock to go away."""
     options = ctx.options
     deadline = time.monotonic() + options.lock_wait_timeout
+    transient = 0
     while True:
         holder = try_acquire(ctx, message)
         if holder is None:
             ctx.lock_held = True
             return
+        if not holder and transient < _TRANSIENT_RETRIES:
+            transient += 1
+            time.sleep(_TRANSIENT_PAUSE)
+            continue
+        holder = holder or "Locked (no details)"
         manual = f"Message: {AUTOMATIC}" not in holder
         if not options.lock_wait or manual or time.monotonic() >= deadline:
             why = " (it was taken by hand, so --lock-wait does not wait for it)" if options.lock_wait and manual else ""
             raise LockHeld(f"Deploy lock found{why}. Run 'shipyard lock help' for more information\n{holder}")
         ctx.output.info(f"Waiting for the deploy lock...\n{holder}")
+        transient = 0
         time.sleep(options.lock_wait_interval)
 
 

@@ -49,8 +49,9 @@ def test_lock_acquire_is_one_atomic_command_with_details_on_stdin(
 
 
 def test_lock_held_reports_the_holder(project: Project, shipyard_fake_transport: FakeTransportKit) -> None:
-    shipyard_fake_transport.respond(r"mkdir", exit_status=3)
-    shipyard_fake_transport.respond(r"^sh -c .test -d", stdout="Locked by: x at 2026-01-01T00:00:00Z\nVersion: v1\nMessage: m\n")
+    # The holder's details come back from the same round trip that failed to take the lock.
+    details = "Locked by: x at 2026-01-01T00:00:00Z\nVersion: v1\nMessage: m\n"
+    shipyard_fake_transport.respond(r"mkdir", exit_status=3, stdout=details)
     result = project.run("lock", "acquire", "-m", "again", "--version", "v1")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
@@ -59,6 +60,17 @@ def test_lock_held_reports_the_holder(project: Project, shipyard_fake_transport:
         "Error: Version: v1",
         "Error: Message: m",
     ]
+
+
+def test_a_lock_without_details_is_looked_at_again(
+    project: Project, shipyard_fake_transport: FakeTransportKit
+) -> None:
+    # A holder still writing its details (or just letting go) is not mistaken for a manual lock.
+    shipyard_fake_transport.respond(r"mkdir", exit_status=3, stdout="")
+    result = project.run("lock", "acquire", "-m", "again", "--version", "v1")
+    assert result.exit_code == 1
+    assert len(shipyard_fake_transport.commands["web-1"]) > 1
+    assert "Locked (no details)" in result.stderr
 
 
 def test_lock_status_without_a_lock(project: Project, shipyard_fake_transport: FakeTransportKit) -> None:
