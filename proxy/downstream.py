@@ -5,6 +5,11 @@ Requests on a keep-alive connection are served one at a time; pipelined requests
 line, broken chunked framing or a Content-Length + Transfer-Encoding pair gets 400, a
 header block over the limit gets 431, and a client that trickles its headers (slowloris)
 is answered 400 and disconnected after the header timeout.
+
+Hot path: the parser callbacks only collect the request line and headers; the header
+timeout is only registered when a chunk ends inside a request head (a request that
+arrives whole never touches the deadline table), and reading is only resumed when it
+was actually paused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from .error_pages import CONTENT_TYPE, reason_phrase
 from .exchange import Exchange
 from .logs import escape
+from .outbox import OUTBOX
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -38,13 +44,13 @@ class _HeadersTooLarge(Exception):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_deadline",
-        "_escaped",
-        "_escaped_text",
         "_head_bytes",
         "_header_size",
         "_header_timeout",
         "_headers",
+        "_idle_timeout",
         "_in_message",
+        "_max_header_bytes",
         "_reading_head",
         "_upgrade_pending",
         "_url",
@@ -53,41 +59,59 @@ class ClientConnection(asyncio.Protocol):
         "client_addr_json",
         "client_port",
         "closed",
+        "forwarded_tail",
+        "https",
         "incoming",
+        "log_client",
+        "log_port",
         "parser",
+        "peer_bytes",
         "port",
         "proxy",
         "queue",
+        "read_paused",
         "scheme",
         "scheme_bytes",
         "transport",
         "tunnel",
+        "write_paused",
     )
 
     def __init__(self, proxy: ProxyServer, scheme: str, port: int) -> None:
         self.proxy = proxy
         self.scheme = scheme
         self.scheme_bytes = scheme.encode()
+        self.https = scheme == "https"
         self.port = port
         self.active: Exchange | None = None
         self.incoming: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.tunnel: Tunnel | None = None
         self.closed = False
+        self.read_paused = False
+        self.write_paused = False
         self.client_addr = ""
         self.client_addr_json = '""'
         self.client_port = ""
-        self._escaped: dict[bytes, str] = {}
-        self._escaped_text: dict[str, str] = {}
-        self._url: list[bytes] = []
+        self.peer_bytes = b""
+        # Request-independent pieces of the upstream request and of the access-log line.
+        self.forwarded_tail = (
+            b"\r\nX-Forwarded-Proto: " + self.scheme_bytes + b"\r\nX-Forwarded-Host: "
+        )
+        self.log_port = f',"port":{port},"path":'
+        self.log_client = ',"client_addr":"","client_port":"","remote_addr":'
+        self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
         self._header_size = 0
+        self._head_bytes = 0
         self._reading_head = False
         self._in_message = False
         # What this connection waits for in proxy.deadlines: "", "idle" or "head".
         self._deadline = ""
-        self._header_timeout = proxy.tuning.header_timeout
+        tuning = proxy.tuning
+        self._header_timeout = tuning.header_timeout
+        self._max_header_bytes = tuning.max_header_bytes
+        self._idle_timeout = tuning.idle_timeout
         self._upgrade_pending: list[bytes] | None = None
         self.parser = HttpRequestParser(self)
 
@@ -105,6 +129,11 @@ class ClientConnection(asyncio.Protocol):
             )
             self.client_port = str(peer[1])
         self.client_addr_json = escape(self.client_addr)
+        self.peer_bytes = self.client_addr.encode("latin-1")
+        self.log_client = (
+            f',"client_addr":{self.client_addr_json},"client_port":"{self.client_port}",'
+            '"remote_addr":'
+        )
         self.proxy.connections.add(self)
         self._watch_idle()
 
@@ -121,20 +150,31 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client reads slower than the upstream writes: stop reading the upstream."""
+        self.write_paused = True
         if self.tunnel is not None:
             self.tunnel.pause_upstream(True)
             return
         active = self.active
-        if active is not None and active.upstream is not None and active.upstream.transport:
-            active.upstream.transport.pause_reading()
+        if active is not None and active.upstream is not None:
+            active.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.tunnel is not None:
             self.tunnel.pause_upstream(False)
             return
         active = self.active
-        if active is not None and active.upstream is not None and active.upstream.transport:
-            active.upstream.transport.resume_reading()
+        if active is not None and active.upstream is not None:
+            active.upstream.resume_reading()
+
+    def pause_reading(self) -> None:
+        self.read_paused = True
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.read_paused = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -143,58 +183,39 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._upgrade_pending is not None:
             self._upgrade_pending.append(data)
-            self.transport.pause_reading()
+            self.pause_reading()
             return
-        if not self._in_message:
-            if self._deadline != "head" and self._header_timeout > 0:
-                # Register the header-read deadline (the sweep in server.py enforces it).
-                self.proxy.deadlines[self] = _monotonic() + self._header_timeout
-                self._deadline = "head"
-            self._head_bytes += len(data)
-        elif self._reading_head:
+        if not self._in_message or self._reading_head:
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0] :]
             self._upgrade_pending = [rest] if rest else []
-            self.transport.pause_reading()
+            self.pause_reading()
             return
         except HttpParserError as exc:
             self._parse_failed(exc)
             return
-        if self._reading_head and self._head_bytes > self.proxy.tuning.max_header_bytes:
-            self._reject(431)
-
-    def escaped(self, value: bytes) -> str:
-        """A header value as a JSON string, cached: clients repeat Host and User-Agent."""
-        cached = self._escaped.get(value)
-        if cached is None:
-            if len(self._escaped) > 32:
-                self._escaped.clear()
-            cached = self._escaped[value] = escape(value.decode("latin-1"))
-        return cached
-
-    def escaped_text(self, value: str) -> str:
-        """Like ``escaped`` for text values (method, path)."""
-        cached = self._escaped_text.get(value)
-        if cached is None:
-            if len(self._escaped_text) > 32:
-                self._escaped_text.clear()
-            cached = self._escaped_text[value] = escape(value)
-        return cached
+        if self._head_bytes:
+            # This chunk ended inside a request head (or before one began; a completed
+            # head resets the count): bound its size, and start the header-read deadline
+            # (the sweep in server.py enforces it).
+            if self._reading_head and self._head_bytes > self._max_header_bytes:
+                self._reject(431)
+            elif self._deadline != "head" and self._header_timeout > 0:
+                self.proxy.deadlines[self] = _monotonic() + self._header_timeout
+                self._deadline = "head"
 
     # --- parser callbacks ---------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_message = True
-        self._reading_head = True
-        self._url = []
-        self._headers = []
-        self._header_size = 0
+    # No on_message_begin: on_url is the first callback of every request (llhttp also
+    # reports a URL cut by the end of a chunk), so it marks the start of a message.
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
+        self._in_message = True
+        self._reading_head = True
+        self._url += url
         self._header_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -204,31 +225,34 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
-        if self._header_size > self.proxy.tuning.max_header_bytes:
+        if self._header_size > self._max_header_bytes:
             raise _HeadersTooLarge()
         if self._deadline:
             self._deadline = ""
             self.proxy.deadlines.pop(self, None)
         parser = self.parser
         raw_method = parser.get_method()
-        method = _METHOD_NAMES.get(raw_method) or raw_method.decode("latin-1")
         # Read keep-alive now: llhttp resets its flags once the message completes.
         exchange = Exchange(
             self,
-            method,
-            b"".join(self._url),
+            _METHOD_NAMES.get(raw_method) or raw_method.decode("latin-1"),
+            raw_method,
+            self._url,
             self._headers,
             parser.get_http_version(),
             parser.should_keep_alive(),
             parser.should_upgrade(),
         )
+        self._url = b""
+        self._headers = []
+        self._header_size = 0
         self.incoming = exchange
         if self.active is None and not self.queue:
             self.active = exchange
             exchange.start()
         else:
             self.queue.append(exchange)
-            self.transport.pause_reading()
+            self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         exchange = self.incoming
@@ -238,7 +262,6 @@ class ClientConnection(asyncio.Protocol):
             exchange.request_body(body)
         else:
             exchange.pending_body.append(body)
-            exchange.body_bytes += len(body)
 
     def on_message_complete(self) -> None:
         self._in_message = False
@@ -266,7 +289,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.incoming is exchange:
             return  # the rest of its body is still arriving; on_message_complete advances
-        self._advance()
+        if self.queue:
+            self._advance()
+        elif self.incoming is None:
+            # The common case: the connection is idle again.
+            if self.read_paused:
+                self.resume_reading()
+            if self._idle_timeout > 0:
+                self._watch_idle()
 
     def _advance(self) -> None:
         if self.closed or self.active is not None:
@@ -279,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
             exchange.start()
             return
         if self.incoming is None and not self.transport.is_closing():
-            self.transport.resume_reading()
+            self.resume_reading()
             self._watch_idle()
 
     def start_tunnel(self, tunnel: Tunnel) -> None:
@@ -288,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_pending = None
         for chunk in pending:
             tunnel.to_upstream(chunk)
-        self.transport.resume_reading()
+        self.resume_reading()
 
     # --- malformed input and timeouts ---------------------------------------------------
 
@@ -312,15 +342,16 @@ class ClientConnection(asyncio.Protocol):
         body = f"<h1>{status} {reason_phrase(status)}</h1>".encode()
         self.proxy.logger.info("Malformed request", client_addr=self.client_addr, status=status)
         if not self.transport.is_closing():
-            self.transport.write(
+            OUTBOX.write(
+                self.transport,
                 b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                 b"Connection: close\r\n\r\n%s"
-                % (status, reason_phrase(status).encode(), CONTENT_TYPE, len(body), body)
+                % (status, reason_phrase(status).encode(), CONTENT_TYPE, len(body), body),
             )
         self._close()
 
     def _watch_idle(self) -> None:
-        timeout = self.proxy.tuning.idle_timeout
+        timeout = self._idle_timeout
         if timeout > 0:
             self.proxy.deadlines[self] = _monotonic() + timeout
             self._deadline = "idle"
@@ -343,7 +374,7 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         self._unwatch()
         if not self.transport.is_closing():
-            self.transport.close()
+            OUTBOX.close(self.transport)
 
     def close_if_idle(self) -> bool:
         """Used at shutdown: close at once unless a request is being served."""

@@ -1,11 +1,18 @@
 """One request/response exchange: route it, pick a target, forward it, stream the answer back.
 
-This is the hot path.  It is written as callbacks (no task per request) and works on bytes:
-the upstream request head is assembled from header pieces with one join, each upstream
-read is sent to the client with one ``write`` of the joined pieces (uvloop's
-``writelines`` issues one send per piece), and the access-log line is formatted
-without ``json.dumps``.  A task is only created for the rare slow paths: opening a new
-upstream connection, waiting while a service is paused.
+This is the hot path.  It is written as callbacks (no task per request, no future, no
+per-request loop timer) and works on bytes: the upstream request head is assembled from
+header pieces with one join, each upstream read is sent to the client with one ``write``
+of the joined pieces (uvloop's ``writelines`` issues one send per piece), and the
+access-log line is one f-string of cached JSON escapes.  The common case — a routed
+request to a running service with one healthy target and a pooled upstream connection —
+runs through ``start``, ``_dispatch`` and ``_attach`` with few calls; everything else
+(redirects, pause, rollout, buffering, cookies, absolute URLs, …) branches off to helpers.
+A task is only created for the rare slow paths: opening a new upstream connection,
+waiting while a service is paused.
+
+Timeouts cost nothing per request: ``--target-timeout`` is checked by the server's 50 ms
+sweep over the targets' in-flight requests (``waiting``/``wait_from``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from bisect import bisect_left
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -20,10 +28,12 @@ from urllib.parse import unquote
 from .bodybuffer import BodyTooLarge, SpillBuffer
 from .controllers import EXPIRED, PAUSED, REJECTED_STOPPED, RUNNING, STOPPED
 from .error_pages import CONTENT_TYPE, reason_phrase
-from .logs import escape
+from .logs import CLOCK, ESCAPED_BYTES, ESCAPED_TEXT, escape, escape_bytes, escape_text
+from .metrics import BUCKETS_NS, ServiceStats, new_series
+from .outbox import OUTBOX
 from .router import request_host
 from .tunnel import Tunnel
-from .upstream import UpstreamConnection
+from .upstream import MAX_IDLE_PER_TARGET, UpstreamConnection
 
 if TYPE_CHECKING:
     from .balancer import LoadBalancer
@@ -58,6 +68,17 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"content-type": 14,
     b"user-agent": 15,
 }
+# The same codes by header name exactly as clients spell it, so the common names need
+# no ``lower()``; filled as names are seen (bounded: clients choose the names).
+_REQUEST_CODES: dict[bytes, int] = {}
+_CODE_CACHE_LIMIT = 1024
+
+
+def _request_code(name: bytes) -> int:
+    code = _REQUEST_SPECIAL.get(name.lower(), _KEEP)
+    if len(_REQUEST_CODES) < _CODE_CACHE_LIMIT and len(name) <= 64:
+        _REQUEST_CODES[name] = code
+    return code
 
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
@@ -76,8 +97,7 @@ def status_line(status: int) -> bytes:
 
 _MAX_PENDING_BODY = 256 * 1024
 
-_perf = time.perf_counter
-_monotonic = time.monotonic
+_perf_ns = time.perf_counter_ns
 _time_ns = time.time_ns
 _getrandbits = random.getrandbits
 
@@ -136,40 +156,78 @@ def _scope_cookie(value: bytes, prefix: str, host: str) -> bytes:
     return "; ".join(out).encode("latin-1")
 
 
+_NO_PARTS: list[bytes] = []  # shared, never mutated
+_NO_JSON = '""'
+_NO_HEADERS: list[tuple[bytes, bytes]] = []  # shared, never mutated
+
+
 class Exchange:
-    # Class-level defaults: a request only pays for the attributes it actually changes
-    # (no __slots__, so these act as defaults for every instance).
-    upgrade: bytes | None = None
-    service: Service | None = None
-    balancer: LoadBalancer | None = None
-    target: Target | None = None
-    upstream: UpstreamConnection | None = None
-    prefix = "/"
-    status = 0
-    finished = False
-    head_sent = False
-    response_complete = False
-    close_after = False
-    retried = False
-    waiting = False  # registered in proxy.deadlines for --target-timeout
-    connecting = False  # an upstream connection was requested (pooled or being opened)
-    body_bytes = 0
-    body_done = False
-    req_buffer: SpillBuffer | None = None
-    resp_buffer: SpillBuffer | None = None
-    resp_head: list[bytes] = []  # only assigned (never mutated) while shared
-    resp_headers: list[tuple[bytes, bytes]] = []
-    resp_bytes = 0
-    resp_chunked = False
-    resp_content_type = b""
-    is_read = False
-    client_ip_value = b""
-    bad_request = False
+    __slots__ = (
+        "bad_request",
+        "balancer",
+        "body_done",
+        "chunked",
+        "close_after",
+        "conn",
+        "connecting",
+        "content_length",
+        "content_type",
+        "cookie",
+        "expect_continue",
+        "finished",
+        "head_sent",
+        "header_list",
+        "host_raw",
+        "is_read",
+        "keep_alive",
+        "kept_headers",
+        "method",
+        "out",
+        "path",
+        "pending_body",
+        "prefix",
+        "proxy",
+        "query",
+        "raw_method",
+        "raw_path",
+        "req_buffer",
+        "request_id",
+        "request_id_given",
+        "request_start",
+        "resp_buffer",
+        "resp_bytes",
+        "resp_chunked",
+        "resp_content_type",
+        "resp_head",
+        "resp_headers",
+        "response_complete",
+        "retried",
+        "routed_path",
+        "service",
+        "started",
+        "stats",
+        "status",
+        "target",
+        "timeout_ns",
+        "upgrade",
+        "upstream",
+        "upstream_path",
+        "user_agent",
+        "version",
+        "wait_from",
+        "waiting",
+        "wall",
+        "x_forwarded_for",
+        "x_forwarded_host",
+        "x_forwarded_proto",
+        "x_kamal_target",
+    )
 
     def __init__(
         self,
         conn: ClientConnection,
         method: str,
+        raw_method: bytes,
         url: bytes,
         headers: list[tuple[bytes, bytes]],
         version: str,
@@ -178,13 +236,42 @@ class Exchange:
     ) -> None:
         self.conn = conn
         self.proxy: ProxyServer = conn.proxy
-        self.started = _perf()
+        self.started = _perf_ns()  # for durations
+        self.wall = _time_ns()  # for X-Request-Start and the log's time
         self.method = method
+        self.raw_method = raw_method
         self.version = version
         self.keep_alive = keep_alive
         self.header_list = headers
         self.out: list[bytes] = []
         self.pending_body: list[bytes] = []
+        # State of the exchange (every slot is set here: no class-level defaults).
+        self.service: Service | None = None
+        self.balancer: LoadBalancer | None = None
+        self.target: Target | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.stats: ServiceStats | None = None
+        self.prefix = "/"
+        self.status = 0
+        self.finished = False
+        self.head_sent = False
+        self.response_complete = False
+        self.close_after = False
+        self.retried = False
+        # --target-timeout: the sweep answers 504 when ``waiting`` for longer than
+        # ``timeout_ns`` since ``wait_from`` (perf_counter_ns); both are set by _dispatch
+        # and _arm_target_timeout.
+        self.waiting = False
+        self.connecting = False  # an upstream connection was requested (pooled or being opened)
+        self.body_done = False
+        self.req_buffer: SpillBuffer | None = None
+        self.resp_buffer: SpillBuffer | None = None
+        self.resp_head = _NO_PARTS
+        self.resp_headers = _NO_HEADERS
+        self.resp_bytes = 0
+        self.resp_chunked = False
+        self.resp_content_type = b""
+        self.bad_request = False
 
         if url[:1] != b"/" and b"://" in url[:8]:
             # Absolute-form request target: the authority replaces the Host header.
@@ -195,98 +282,101 @@ class Exchange:
         else:
             absolute_host = None
         raw_path, _, query = url.partition(b"?")
-        self.raw_path = raw_path or b"/"
+        if not raw_path:
+            raw_path = b"/"
+        self.raw_path = raw_path
         self.query = query
 
+        # Header values default to "absent"; the loop below overwrites what is present.
+        self.content_length = -1
+        self.chunked = False
+        self.cookie = b""
+        self.content_type = b""
+        self.user_agent = b""
+        self.x_forwarded_for: bytes | None = None
+        self.x_forwarded_proto = b""
+        self.x_forwarded_host = b""
+        self.x_kamal_target = b""
+        self.expect_continue = False
+        self.request_start = b""  # empty: generated from ``wall`` when sent
+        self.upgrade: bytes | None = None
         host = b""
-        host_count = 0
-        content_length = -1
-        chunked = False
-        cookie = b""
-        content_type = b""
-        user_agent = b""
+        host_seen = False
         request_id = b""
-        request_start = b""
-        xff: bytes | None = None
-        xfp = b""
-        xfh = b""
-        kamal_target = b""
-        expect = False
         kept: list[bytes] = []
-        special = _REQUEST_SPECIAL
+        codes = _REQUEST_CODES
         for name, value in headers:
-            lname = name.lower()
-            code = special.get(lname, _KEEP)
+            code = codes.get(name)
+            if code is None:
+                code = _request_code(name)
             if code == _KEEP:
-                kept.extend((name, b": ", value, b"\r\n"))
-                continue
-            if code == _DROP:
-                if lname == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-                continue
-            if code == 2:
-                if host_count:
+                kept += (name, b": ", value, b"\r\n")
+            elif code == 2:
+                if host_seen:
                     self.bad_request = True  # several Host headers: ambiguous routing
                 host = value
-                host_count += 1
-            elif code == 3:
-                content_length = int(value) if value.strip().isdigit() else -1
+                host_seen = True
+            elif code == 15:
+                self.user_agent = value
+                kept += (name, b": ", value, b"\r\n")
+            elif code == _DROP:
+                if name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                    self.chunked = True
             elif code == 4:
                 pass
-            elif code == 5:
-                self.upgrade = value
-            elif code == 6:
-                xff = value if xff is None else xff + b", " + value
-            elif code == 7:
-                xfp = value
-            elif code == 8:
-                xfh = value
-            elif code == 9:
-                request_id = value
-                kept.extend((name, b": ", value, b"\r\n"))
-            elif code == 10:
-                request_start = value
-                kept.extend((name, b": ", value, b"\r\n"))
-            elif code == 11:
-                kamal_target = value if not kamal_target else kamal_target + b", " + value
-            elif code == 12:
-                expect = value.lower() == b"100-continue"
             elif code == 13:
-                cookie = value if not cookie else cookie + b"; " + value
-                kept.extend((name, b": ", value, b"\r\n"))
+                self.cookie = value if not self.cookie else self.cookie + b"; " + value
+                kept += (name, b": ", value, b"\r\n")
+            elif code == 3:
+                self.content_length = int(value) if value.strip().isdigit() else -1
             elif code == 14:
-                content_type = value
-                kept.extend((name, b": ", value, b"\r\n"))
-            elif code == 15:
-                user_agent = value
-                kept.extend((name, b": ", value, b"\r\n"))
+                self.content_type = value
+                kept += (name, b": ", value, b"\r\n")
+            else:
+                self._special_header(code, value)
+                if code == 9:
+                    request_id = value
+                    kept += (name, b": ", value, b"\r\n")
+                elif code == 10:
+                    kept += (name, b": ", value, b"\r\n")
         if not upgrade:
             self.upgrade = None
         if absolute_host is not None:
             host = absolute_host
         self.host_raw = host
-        self.content_length = content_length
-        self.chunked = chunked
-        self.cookie = cookie
-        self.content_type = content_type
-        self.user_agent = user_agent
-        self.x_forwarded_for = xff
-        self.x_forwarded_proto = xfp
-        self.x_forwarded_host = xfh
-        self.x_kamal_target = kamal_target
-        self.expect_continue = expect
         self.kept_headers = kept
-        self.request_id_given = bool(request_id)
-        # Kept JSON-escaped (it is only logged, or sent upstream when we generated it).
-        self.request_id = (
-            escape(request_id.decode("latin-1"))[1:-1] if request_id else new_request_id()
-        )
-        self.request_start_given = bool(request_start)
-        self.request_start = request_start or b"t=%d" % (_time_ns() // 1_000_000)
-        path = self.raw_path.decode("latin-1")
-        self.path = unquote(path) if "%" in path else path
-        self.routed_path = self.path
-        self.upstream_path = self.raw_path
+        if request_id:
+            self.request_id_given = True
+            # Kept JSON-escaped (it is only logged, or sent upstream when we generated it).
+            self.request_id = escape(request_id.decode("latin-1"))[1:-1]
+        else:
+            self.request_id_given = False
+            self.request_id = new_request_id()
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        self.path = path
+        self.routed_path = path
+        self.upstream_path = raw_path
+
+    def _special_header(self, code: int, value: bytes) -> None:
+        """The request headers that are rare in practice (see _REQUEST_SPECIAL)."""
+        if code == 5:
+            self.upgrade = value
+        elif code == 6:
+            xff = self.x_forwarded_for
+            self.x_forwarded_for = value if xff is None else xff + b", " + value
+        elif code == 7:
+            self.x_forwarded_proto = value
+        elif code == 8:
+            self.x_forwarded_host = value
+        elif code == 10:
+            self.request_start = value
+        elif code == 11:
+            target = self.x_kamal_target
+            self.x_kamal_target = value if not target else target + b", " + value
+        elif code == 12:
+            self.expect_continue = value.lower() == b"100-continue"
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -303,7 +393,7 @@ class Exchange:
     def _write(self, data: list[bytes]) -> None:
         transport = self.conn.transport
         if not transport.is_closing():
-            transport.write(b"".join(data))
+            OUTBOX.defer(transport, b"".join(data))
 
     # --- routing and the service pipeline ---------------------------------------------
 
@@ -315,41 +405,58 @@ class Exchange:
             self.close_after = True
             self.respond_error(400)
             return
-        host = host_raw.decode("latin-1")
-        if b":" in host_raw:
-            host = request_host(host)
-        match = proxy.router.lookup(host, self.path)
-        if match is None:
+        router = proxy.router
+        entry = router.host_cache.get(host_raw)
+        if entry is None:
+            entry = router.resolve_host(host_raw)
+        host, bindings = entry
+        service = None
+        prefix = "/"
+        if bindings is not None:
+            path = self.path
+            for prefix, prefix_slash, candidate in bindings:
+                if prefix == "/" or path == prefix or path.startswith(prefix_slash):
+                    service = candidate
+                    break
+        if service is None:
             self.respond_error(404)
             return
-        service, prefix = match
         self.service = service
-        self.prefix = prefix
-        if prefix != "/" and service.options.strip_prefix:
-            stripped = self.path[len(prefix) :] or "/"
-            self.routed_path = stripped
-            raw = self.raw_path
-            encoded_prefix = prefix.encode("latin-1")
-            if raw.startswith(encoded_prefix):
-                self.upstream_path = raw[len(encoded_prefix) :] or b"/"
-            else:
-                self.upstream_path = stripped.encode("utf-8")
-        if proxy.metrics.enabled and self.routed_path not in service.excluded_metric_paths:
-            proxy.metrics.request_started(service.name)
+        if prefix != "/":
+            self.prefix = prefix
+            if service.options.strip_prefix:
+                self._strip_prefix(prefix)
+        if proxy.metrics.enabled:
+            excluded = service.excluded_metric_paths
+            if not excluded or self.routed_path not in excluded:
+                stats = service.stats
+                if stats is None:
+                    stats = service.stats = proxy.metrics.stats(service.name)
+                stats.in_flight += 1
+                self.stats = stats
         if service.client_ip_header:
             value = self.header(service.client_ip_header)
             if value:
-                self.client_ip_value = value
                 self.x_forwarded_for = value
-        if self.conn.scheme == "https" and not service.tls_enabled:
+        if self.conn.https and not service.tls_enabled:
             self.respond_error(503)
             return
-        if self._redirect(service, host):
+        if (service.tls_enabled or service.canonical_host) and self._redirect(service, host):
             return
         if service.pause.state != RUNNING:
             self._handle_paused(service)
             return
-        self.dispatch()
+        self._dispatch(service)
+
+    def _strip_prefix(self, prefix: str) -> None:
+        stripped = self.path[len(prefix) :] or "/"
+        self.routed_path = stripped
+        raw = self.raw_path
+        encoded_prefix = prefix.encode("latin-1")
+        if raw.startswith(encoded_prefix):
+            self.upstream_path = raw[len(encoded_prefix) :] or b"/"
+        else:
+            self.upstream_path = stripped.encode("utf-8")
 
     def _redirect(self, service: Service, host: str) -> bool:
         scheme = self.conn.scheme
@@ -359,7 +466,7 @@ class Exchange:
         if service.tls_enabled and service.tls_redirect and scheme == "http":
             target_scheme = "https"
             needed = True
-        canonical = service.options.canonical_host
+        canonical = service.canonical_host
         if canonical and host != canonical:
             target_host = canonical
             needed = True
@@ -401,7 +508,7 @@ class Exchange:
 
     async def _wait_while_paused(self, service: Service) -> None:
         loop = asyncio.get_running_loop()
-        arrived = loop.time() - (_perf() - self.started)
+        arrived = loop.time() - (_perf_ns() - self.started) / 1e9
         outcome = await service.pause.wait(arrived)
         if self.finished:
             return
@@ -413,21 +520,19 @@ class Exchange:
         elif service.pause.state == PAUSED:
             self._handle_paused(service)
         else:
-            self.dispatch()
+            self._dispatch(service)
 
-    def dispatch(self) -> None:
-        service = self.service
-        assert service is not None
+    def _dispatch(self, service: Service) -> None:
         balancer = service.active
-        rollout = service.rollout
-        controller = service.rollout_controller
-        if (
-            rollout is not None
-            and controller is not None
-            and self.cookie
-            and controller.matches(_cookie_value(self.cookie, b"kamal-rollout"))
-        ):
-            balancer = rollout
+        if service.rollout is not None:
+            rollout = service.rollout
+            controller = service.rollout_controller
+            if (
+                controller is not None
+                and self.cookie
+                and controller.matches(_cookie_value(self.cookie, b"kamal-rollout"))
+            ):
+                balancer = rollout
         if balancer is None:
             self.respond_error(503)
             return
@@ -436,39 +541,65 @@ class Exchange:
             self.upgrade is None or service.options.read_targets_accept_websockets
         )
         self.is_read = is_read
-        wants_reader = is_read
-        if is_read and balancer.readers and self.cookie:
-            affinity = _cookie_value(self.cookie, b"kamal-writer")
-            if affinity and affinity.isdigit() and int(affinity) > _time_ns() // 1_000_000:
-                wants_reader = False
-        target = balancer.pick(wants_reader)
+        if balancer.readers:
+            wants_reader = is_read
+            if is_read and self.cookie:
+                affinity = _cookie_value(self.cookie, b"kamal-writer")
+                if affinity and affinity.isdigit() and int(affinity) > _time_ns() // 1_000_000:
+                    wants_reader = False
+            target = balancer.pick(wants_reader)
+        else:
+            writers = balancer.healthy_writers
+            target = writers[0] if len(writers) == 1 else balancer.pick(False)
         if target is None or target.draining:
             self.respond_error(503)
             return
         self.target = target
-        target.begin(self)
-        if self.expect_continue and self.has_body and not self.body_done:
-            self._write([b"HTTP/1.1 100 Continue\r\n\r\n"])
-        if service.target_options.buffer_requests and self.has_body and self.upgrade is None:
-            options = service.target_options
-            buffer = SpillBuffer(options.max_memory_buffer_size, options.max_request_body_size)
-            self.req_buffer = buffer
-            pending, self.pending_body = self.pending_body, []
-            try:
-                for chunk in pending:
-                    buffer.write(chunk)
-            except BodyTooLarge:
-                self._request_too_large()
+        target.inflight.add(self)
+        self.timeout_ns = service.target_timeout_ns
+        has_body = self.chunked or self.content_length > 0
+        if has_body:
+            if self.expect_continue and not self.body_done:
+                self._write([b"HTTP/1.1 100 Continue\r\n\r\n"])
+            if (
+                service.buffer_requests
+                and self.upgrade is None
+                and not self._start_request_buffer(service)
+            ):
                 return
-            if not self.body_done:
-                self.conn.transport.resume_reading()
+        self.connecting = True
+        if self.body_done:
+            self._arm_target_timeout(_perf_ns())
+        # A pooled connection if there is one (the common case), else open one.
+        idle = target.idle
+        while idle:
+            conn = idle.pop()
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                self._attach(conn, service)
                 return
-        self._connect_upstream()
+        self.proxy.spawn(self._open_connection(target))
+
+    def _start_request_buffer(self, service: Service) -> bool:
+        """--buffer-requests: collect the body first; True when it is already complete."""
+        options = service.target_options
+        buffer = SpillBuffer(options.max_memory_buffer_size, options.max_request_body_size)
+        self.req_buffer = buffer
+        pending, self.pending_body = self.pending_body, []
+        try:
+            for chunk in pending:
+                buffer.write(chunk)
+        except BodyTooLarge:
+            self._request_too_large()
+            return False
+        if not self.body_done:
+            self.conn.resume_reading()
+            return False
+        return True
 
     # --- request body -----------------------------------------------------------------
 
     def request_body(self, chunk: bytes) -> None:
-        self.body_bytes += len(chunk)
         if self.finished:
             return
         buffer = self.req_buffer
@@ -481,34 +612,38 @@ class Exchange:
         upstream = self.upstream
         if upstream is not None and upstream.transport is not None:
             if self.chunked:
-                upstream.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                OUTBOX.write(upstream.transport, b"%x\r\n%s\r\n" % (len(chunk), chunk))
             else:
-                upstream.transport.write(chunk)
+                OUTBOX.write(upstream.transport, chunk)
             return
         self.pending_body.append(chunk)
         if sum(len(c) for c in self.pending_body) > _MAX_PENDING_BODY:
-            self.conn.transport.pause_reading()
+            self.conn.pause_reading()
 
     def request_body_done(self) -> None:
         self.body_done = True
         if self.finished:
             return
         if self.connecting:
-            self._arm_target_timeout()
+            # Dispatched already: for a request without a body this is the callback that
+            # read its head, so its arrival time is the start of --target-timeout.
+            has_body = self.chunked or self.content_length > 0
+            self._arm_target_timeout(_perf_ns() if has_body else self.started)
         if self.req_buffer is not None:
             if self.target is not None and not self.connecting:
                 self._connect_upstream()
             return
-        upstream = self.upstream
-        if upstream is not None and upstream.transport is not None and self.chunked:
-            upstream.transport.write(b"0\r\n\r\n")
+        if self.chunked:
+            upstream = self.upstream
+            if upstream is not None and upstream.transport is not None:
+                OUTBOX.write(upstream.transport, b"0\r\n\r\n")
 
     def request_body_malformed(self) -> None:
         """The client sent a broken chunked body: 400, and the upstream is abandoned."""
         if self.finished:
             return
         if self.head_sent:
-            self.conn.transport.close()
+            OUTBOX.close(self.conn.transport)
             self.finish(self.status or 400)
             return
         self.close_after = True
@@ -522,12 +657,11 @@ class Exchange:
 
     # --- upstream connection ------------------------------------------------------------
 
-    def _arm_target_timeout(self) -> None:
+    def _arm_target_timeout(self, now: int) -> None:
         """--target-timeout counts from the moment the whole request is on its way upstream
         (a slow upload is not the target's fault), until the response head arrives."""
-        timeout = self.service.target_timeout if self.service is not None else 0
-        if timeout > 0 and not self.waiting and not self.head_sent:
-            self.proxy.deadlines[self] = _monotonic() + timeout
+        if self.timeout_ns > 0 and not self.waiting and not self.head_sent:
+            self.wait_from = now
             self.waiting = True
 
     def _connect_upstream(self) -> None:
@@ -535,10 +669,11 @@ class Exchange:
         assert target is not None
         self.connecting = True
         if self.body_done:
-            self._arm_target_timeout()
+            self._arm_target_timeout(_perf_ns())
         conn = target.acquire()
         if conn is not None:
-            self._attach(conn)
+            assert self.service is not None
+            self._attach(conn, self.service)
         else:
             self.proxy.spawn(self._open_connection(target))
 
@@ -555,76 +690,82 @@ class Exchange:
         if self.finished:
             target.release(conn, True)
             return
-        self._attach(conn)
+        assert self.service is not None
+        self._attach(conn, self.service)
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamConnection, service: Service) -> None:
+        """Send the request head (and any body received so far) on ``conn``."""
         self.upstream = conn
         conn.begin(self, self.method == "HEAD")
-        service = self.service
-        assert service is not None and self.target is not None
-        forward = service.target_options.forward_headers
-        peer = self.conn.client_addr.encode("latin-1")
-        xff = self.x_forwarded_for
-        xff_out = xff + b", " + peer if forward and xff else peer
-        scheme = self.conn.scheme_bytes
-        xfp_out = self.x_forwarded_proto if forward and self.x_forwarded_proto else scheme
-        xfh_out = self.x_forwarded_host if forward and self.x_forwarded_host else self.host_raw
-        address = self.target.address_bytes
-        if forward and self.x_kamal_target:
-            kamal_target = self.x_kamal_target + b", " + address
-        else:
-            kamal_target = address
+        target = conn.target
+        client = self.conn
+        if client.write_paused:
+            conn.pause_reading()
         path = self.upstream_path
-        target_uri = path + b"?" + self.query if self.query else path
+        query = self.query
         parts = [
-            self.method.encode("latin-1"),
+            self.raw_method,
             b" ",
-            target_uri,
+            path + b"?" + query if query else path,
             b" HTTP/1.1\r\nHost: ",
-            self.host_raw or address,
+            self.host_raw or target.address_bytes,
             b"\r\n",
         ]
         parts += self.kept_headers
-        parts += (
-            b"X-Forwarded-For: ",
-            xff_out,
-            b"\r\nX-Forwarded-Proto: ",
-            xfp_out,
-            b"\r\nX-Forwarded-Host: ",
-            xfh_out,
-            b"\r\nX-Kamal-Target: ",
-            kamal_target,
-            b"\r\n",
-        )
+        xff = self.x_forwarded_for
+        if service.forward_headers:
+            address = target.address_bytes
+            parts += (
+                b"X-Forwarded-For: ",
+                xff + b", " + client.peer_bytes if xff else client.peer_bytes,
+                b"\r\nX-Forwarded-Proto: ",
+                self.x_forwarded_proto or client.scheme_bytes,
+                b"\r\nX-Forwarded-Host: ",
+                self.x_forwarded_host or self.host_raw,
+                b"\r\nX-Kamal-Target: ",
+                self.x_kamal_target + b", " + address if self.x_kamal_target else address,
+                b"\r\n",
+            )
+        else:
+            parts += (
+                b"X-Forwarded-For: ",
+                client.peer_bytes,
+                client.forwarded_tail,  # X-Forwarded-Proto: <scheme>, X-Forwarded-Host:
+                self.host_raw,
+                target.kamal_target_line,  # X-Kamal-Target: <address>
+            )
         if not self.request_id_given:
             parts += (b"X-Request-ID: ", self.request_id.encode("latin-1"), b"\r\n")
-        if not self.request_start_given:
-            parts += (b"X-Request-Start: ", self.request_start, b"\r\n")
-        body: list[bytes] = []
-        buffer = self.req_buffer
+        if not self.request_start:  # else the client's own is among the kept headers
+            parts.append(b"X-Request-Start: t=%d\r\n" % (self.wall // 1_000_000))
+        body = _NO_PARTS
         if self.upgrade is not None:
             parts += (b"Connection: Upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
-        elif buffer is not None:
+        elif self.req_buffer is not None:
+            buffer = self.req_buffer
+            self.req_buffer = None
             parts.append(b"Content-Length: %d\r\n" % buffer.size)
             body = list(buffer.chunks())
+            buffer.close()
         elif self.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+            body = []
             for chunk in self.pending_body:
                 body += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
             if self.body_done:
                 body.append(b"0\r\n\r\n")
+            self.pending_body = []
         elif self.content_length >= 0:
             parts.append(b"Content-Length: %d\r\n" % self.content_length)
             body = self.pending_body
+            self.pending_body = []
         parts.append(b"\r\n")
-        self.pending_body = []
+        if body:
+            parts += body
         assert conn.transport is not None
-        conn.transport.write(b"".join(parts + body))
-        if buffer is not None:
-            buffer.close()
-            self.req_buffer = None
-        if not self.body_done and self.conn.transport is not None:
-            self.conn.transport.resume_reading()
+        OUTBOX.defer(conn.transport, b"".join(parts))
+        if not self.body_done and (self.chunked or self.content_length > 0):
+            client.resume_reading()
 
     def _drop_upstream(self) -> None:
         conn = self.upstream
@@ -633,7 +774,7 @@ class Exchange:
             conn.abort()
 
     def on_deadline(self) -> None:
-        """Called by the server's deadline sweep: no response head within --target-timeout."""
+        """Called by the server's sweep: no response head within --target-timeout."""
         self.waiting = False
         if self.finished or self.head_sent:
             return
@@ -647,41 +788,26 @@ class Exchange:
         if conn.interim:
             self._forward_interim(conn)
             return
-        if self.waiting:
-            self.waiting = False
-            self.proxy.deadlines.pop(self, None)
+        self.waiting = False
         self.status = status
         self.resp_headers = conn.header_list
         service = self.service
         assert service is not None
+        # Like Go's server, the status line uses the standard reason phrase.
+        head = [_STATUS_LINES.get(status) or status_line(status)]
+        head += conn.head_parts  # already without hop-by-hop and framing headers
+        if conn.set_cookies is not None:
+            self._add_cookies(head, conn.set_cookies, service)
+        if status == 101 and conn.upgrade_headers is not None:
+            head += conn.upgrade_headers
         balancer = self.balancer
-        affinity_cookie = (
+        if (
             balancer is not None
             and balancer.readers
             and not self.is_read
+            and not conn.affinity_opt_out
             and service.options.writer_affinity_timeout > 0
-        )
-        scope_cookies = (
-            service.target_options.scope_cookie_paths
-            and self.prefix != "/"
-            and service.options.strip_prefix
-        )
-        # Like Go's server, the status line uses the standard reason phrase.
-        head = [status_line(status)]
-        head += conn.head_parts  # already without hop-by-hop and framing headers
-        content_type = conn.content_type
-        for name, value in conn.set_cookies:
-            if scope_cookies:
-                value = _scope_cookie(
-                    value, self.prefix, request_host(self.host_raw.decode("latin-1"))
-                )
-            head += (name, b": ", value, b"\r\n")
-        if conn.affinity_opt_out:
-            affinity_cookie = False
-        if status == 101:
-            head += conn.upgrade_headers
-        self.resp_content_type = content_type
-        if affinity_cookie:
+        ):
             expiry_ms = (
                 _time_ns() // 1_000_000 + service.options.writer_affinity_timeout // 1_000_000
             )
@@ -690,32 +816,67 @@ class Exchange:
                 b"Set-Cookie: kamal-writer=%d; Path=/; Expires=%s; HttpOnly\r\n"
                 % (expiry_ms, expires.encode())
             )
+        content_type = conn.content_type
+        self.resp_content_type = content_type
         if status == 101:
             head.append(b"Connection: Upgrade\r\n\r\n")
             self.resp_head = head
             return
-        no_body = self.method == "HEAD" or status in (204, 304)
-        options = service.target_options
-        streaming = content_type.startswith(b"text/event-stream") or conn.chunked
-        if options.buffer_responses and not no_body and not streaming:
+        no_body = status == 204 or status == 304 or self.method == "HEAD"
+        content_length = conn.content_length
+        if (
+            service.buffer_responses
+            and not no_body
+            and not conn.chunked
+            and not content_type.startswith(b"text/event-stream")
+        ):
+            options = service.target_options
             self.resp_buffer = SpillBuffer(
                 options.max_memory_buffer_size, options.max_response_body_size
             )
             self.resp_head = head
             return
-        if no_body:
-            if conn.content_length >= 0:
-                head.append(b"Content-Length: %d\r\n" % conn.content_length)
-        elif conn.content_length >= 0:
-            head.append(b"Content-Length: %d\r\n" % conn.content_length)
+        if content_length >= 0:
+            head.append(b"Content-Length: %d\r\n" % content_length)
+        elif no_body:
+            pass
         elif self.version == "1.1":
             head.append(b"Transfer-Encoding: chunked\r\n")
             self.resp_chunked = True
         else:
             self.close_after = True
-        self._finish_head(head)
-        self.out.extend(head)
+        if (
+            self.close_after
+            or not self.keep_alive
+            or self.proxy.shutting_down
+            or self.upgrade is not None
+        ):
+            self.close_after = True
+            head.append(b"Connection: close\r\n\r\n")
+        elif self.version == "1.0":
+            head.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            head.append(b"\r\n")
+        if self.out:
+            self.out += head  # after a forwarded 1xx response
+        else:
+            self.out = head
         self.head_sent = True
+
+    def _add_cookies(
+        self, head: list[bytes], set_cookies: list[tuple[bytes, bytes]], service: Service
+    ) -> None:
+        scope = (
+            service.target_options.scope_cookie_paths
+            and self.prefix != "/"
+            and service.options.strip_prefix
+        )
+        for name, value in set_cookies:
+            if scope:
+                value = _scope_cookie(
+                    value, self.prefix, request_host(self.host_raw.decode("latin-1"))
+                )
+            head += (name, b": ", value, b"\r\n")
 
     def _finish_head(self, head: list[bytes]) -> None:
         if not self.keep_alive or self.proxy.shutting_down or self.upgrade is not None:
@@ -735,26 +896,30 @@ class Exchange:
         self.out.extend(head)
 
     def on_response_body(self, body: bytes) -> None:
-        buffer = self.resp_buffer
-        if buffer is not None:
-            try:
-                buffer.write(body)
-            except BodyTooLarge:
-                self.proxy.logger.info(
-                    "Response exceeded max response limit",
-                    path=self.path,
-                    service=self.service_name,
-                )
-                self.resp_buffer = None
-                buffer.close()
-                self._drop_upstream()
-                self.respond_error(500)
+        if self.resp_buffer is not None:
+            self._buffer_response_body(body)
             return
         self.resp_bytes += len(body)
         if self.resp_chunked:
             self.out += (b"%x\r\n" % len(body), body, b"\r\n")
         else:
             self.out.append(body)
+
+    def _buffer_response_body(self, body: bytes) -> None:
+        buffer = self.resp_buffer
+        assert buffer is not None
+        try:
+            buffer.write(body)
+        except BodyTooLarge:
+            self.proxy.logger.info(
+                "Response exceeded max response limit",
+                path=self.path,
+                service=self.service_name,
+            )
+            self.resp_buffer = None
+            buffer.close()
+            self._drop_upstream()
+            self.respond_error(500)
 
     def on_response_complete(self) -> None:
         self.response_complete = True
@@ -776,16 +941,31 @@ class Exchange:
         """Send what this read produced in one write; finish if the response is complete."""
         out = self.out
         if out:
-            self.out = []
             transport = self.conn.transport
             if not transport.is_closing():
-                transport.write(b"".join(out))
+                OUTBOX.defer(transport, b"".join(out))
+            out.clear()
         if self.response_complete and not self.finished:
             conn = self.upstream
-            target = self.target
-            if conn is not None and target is not None:
+            if conn is not None:
                 self.upstream = None
-                target.release(conn, conn.keep_alive and self.body_done)
+                # Back to the pool (Target.release, inlined).
+                conn.sink = None
+                target = conn.target
+                upstream_transport = conn.transport
+                if (
+                    conn.keep_alive
+                    and self.body_done
+                    and not target.draining
+                    and upstream_transport is not None
+                    and not upstream_transport.is_closing()
+                    and len(target.idle) < MAX_IDLE_PER_TARGET
+                ):
+                    if conn.read_paused:
+                        conn.resume_reading()
+                    target.idle.append(conn)
+                else:
+                    conn.close()
             if not self.body_done:
                 self.close_after = True
             self.finish(self.status)
@@ -804,7 +984,7 @@ class Exchange:
                 self.after_upstream_read()
                 return
             self.close_after = True
-            self.conn.transport.close()
+            OUTBOX.close(self.conn.transport)
             self.finish(self.status)
             return
         if (
@@ -829,13 +1009,12 @@ class Exchange:
         self.respond_error(502)
 
     def on_upstream_pause(self, paused: bool) -> None:
-        transport = self.conn.transport
-        if transport.is_closing():
+        if self.conn.transport.is_closing():
             return
         if paused:
-            transport.pause_reading()
+            self.conn.pause_reading()
         else:
-            transport.resume_reading()
+            self.conn.resume_reading()
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, leftover: bytes) -> None:
         if self.finished or self.target is None or conn.status != 101 or not self.resp_head:
@@ -848,7 +1027,7 @@ class Exchange:
         self.status = 101
         self.head_sent = True
         client = self.conn.transport
-        client.write(b"".join(head) + leftover)
+        OUTBOX.write(client, b"".join(head) + leftover)
         conn.detach()
         self.upstream = None
         tunnel = Tunnel(client, conn, self.target, self._tunnel_closed)
@@ -866,7 +1045,7 @@ class Exchange:
             return
         if self.head_sent:
             self.close_after = True
-            self.conn.transport.close()
+            OUTBOX.close(self.conn.transport)
             self.finish(status)
             return
         pages = self.service.error_pages if self.service is not None else self.proxy.error_pages
@@ -877,9 +1056,7 @@ class Exchange:
         self._respond(status, b"", body)
 
     def _respond(self, status: int, content_type: bytes, body: bytes) -> None:
-        if self.waiting:
-            self.waiting = False
-            self.proxy.deadlines.pop(self, None)
+        self.waiting = False
         if self.upstream is not None:
             self._drop_upstream()
         if not self.body_done and (self.has_body or self.upgrade is not None):
@@ -910,7 +1087,7 @@ class Exchange:
         self._drop_upstream()
         if self.head_sent:
             self.close_after = True
-            self.conn.transport.close()
+            OUTBOX.close(self.conn.transport)
             self.finish(self.status)
         else:
             self.respond_error(504)
@@ -931,9 +1108,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        if self.waiting:
-            self.waiting = False
-            self.proxy.deadlines.pop(self, None)
+        self.waiting = False
         if self.upstream is not None:
             self._drop_upstream()
         if self.req_buffer is not None:
@@ -942,51 +1117,64 @@ class Exchange:
             self.resp_buffer.close()
         target = self.target
         if target is not None:
-            target.end(self)
-        duration = _perf() - self.started
-        service = self.service
-        proxy = self.proxy
-        if service is not None:
-            excluded = self.routed_path in service.excluded_metric_paths
-            if proxy.metrics.enabled and not excluded:
-                proxy.metrics.request_finished(service.name)
-                proxy.metrics.observe(service.name, self.method, status, duration)
-        elif proxy.metrics.enabled:
-            proxy.metrics.observe("", self.method, status, duration)
-        self._log(status, duration)
-        self.conn.exchange_done(self)
+            target.inflight.discard(self)
+            if target.drain_waiters:
+                target.end(self)
+        duration = _perf_ns() - self.started
+        stats = self.stats
+        if stats is not None:
+            stats.in_flight -= 1
+        elif self.service is None and self.proxy.metrics.enabled:
+            stats = self.proxy.metrics.unrouted
+        if stats is not None:
+            key = (self.method, status)
+            series = stats.series.get(key)
+            if series is None:
+                series = stats.series[key] = new_series()
+            series[0] += duration
+            series[bisect_left(BUCKETS_NS, duration) + 1] += 1
 
-    def _log(self, status: int, duration: float) -> None:
+        # The access-log line.  Values that repeat are escaped once and cached (logs.py).
         conn = self.conn
         service = self.service
-        target = self.target
-        extra = ""
-        if service is not None and (service.request_log_headers or service.response_log_headers):
-            extra = self._logged_headers(service)
-        # Values that rarely change are escaped once and cached (per connection, service
-        # or target); only request-specific strings are escaped here.
+        eb = ESCAPED_BYTES
+        et = ESCAPED_TEXT
+        host = eb.get(self.host_raw) or escape_bytes(self.host_raw)
+        path = et.get(self.path) or escape_text(self.path)
+        method = et.get(self.method) or escape_text(self.method)
+        req_type = eb.get(self.content_type) or escape_bytes(self.content_type)
+        resp_type = eb.get(self.resp_content_type) or escape_bytes(self.resp_content_type)
+        agent = eb.get(self.user_agent) or escape_bytes(self.user_agent)
+        query = eb.get(self.query) or escape_bytes(self.query)
         if self.x_forwarded_for:
-            remote = escape(self.x_forwarded_for.decode("latin-1"))
+            remote = escape_bytes(self.x_forwarded_for)
         else:
             remote = conn.client_addr_json
-        service_json = service.name_json if service is not None else '""'
-        target_json = target.address_json if target is not None else '""'
-        line = (
-            f'{{"time":"{self.proxy.logger.clock.now()}","level":"INFO","msg":"Request",'
-            f'"host":{conn.escaped(self.host_raw)},"port":{conn.port},'
-            f'"path":{conn.escaped_text(self.path)},"request_id":"{self.request_id}",'
-            f'"status":{status},"service":{service_json},"target":{target_json},'
-            f'"duration":{int(duration * 1e9)},"method":{conn.escaped_text(self.method)},'
-            f'"req_content_length":{-1 if self.chunked else max(self.content_length, 0)},'
-            f'"req_content_type":{conn.escaped(self.content_type)},'
-            f'"resp_content_length":{self.resp_bytes},'
-            f'"resp_content_type":{conn.escaped(self.resp_content_type)},'
-            f'"client_addr":{conn.client_addr_json},"client_port":"{conn.client_port}",'
-            f'"remote_addr":{remote},"user_agent":{conn.escaped(self.user_agent)},'
-            f'"proto":"HTTP/{self.version}","scheme":"{conn.scheme}",'
-            f'"query":{escape(self.query.decode("latin-1"))}{extra}}}\n'
+        if service is not None:
+            service_json = service.name_json
+            if service.log_headers:
+                query += self._logged_headers(service)
+        else:
+            service_json = '""'
+        # The time of logging: the wall clock at arrival plus the duration, as decimal text
+        # (the last nine digits are the nanoseconds; the rest are formatted once a second).
+        wall = str(self.wall + duration)
+        clock = CLOCK
+        if wall[:-9] != clock.second_text:
+            clock.advance(int(wall[:-9]))
+        length = self.content_length
+        self.proxy.log_lines.append(
+            f'{{"time":"{clock.prefix}.{wall[-9:]}Z","level":"INFO","msg":"Request",'
+            f'"host":{host}{conn.log_port}{path},"request_id":"{self.request_id}",'
+            f'"status":{status},"service":{service_json},'
+            f'"target":{target.address_json if target is not None else _NO_JSON},'
+            f'"duration":{duration},"method":{method},'
+            f'"req_content_length":{-1 if self.chunked else length if length > 0 else 0},'
+            f'"req_content_type":{req_type},"resp_content_length":{self.resp_bytes},'
+            f'"resp_content_type":{resp_type}{conn.log_client}{remote},"user_agent":{agent},'
+            f'"proto":"HTTP/{self.version}","scheme":"{conn.scheme}","query":{query}}}\n'
         )
-        self.proxy.logger.write_line(line)
+        conn.exchange_done(self)
 
     def _logged_headers(self, service: Service) -> str:
         pieces = []

@@ -1,14 +1,15 @@
 """JSON-lines logging on stdout, in the shape of Go's slog JSON handler.
 
 Request lines are the hot path (one per proxied request, and access logs stay on in the
-benchmark), so they are formatted with pre-escaped pieces and written in batches: lines are
-collected in memory and flushed on a short timer or when the batch grows.  Lifecycle events
-are rare and flushed at once so that tests and operators see them immediately.
+benchmark), so they are formatted by the exchange itself with pre-escaped pieces (the
+JSON escapes of repeated values — hosts, paths, user agents, content types — come from
+bounded caches here) and appended to ``JsonLogger.pending``; the server's 50 ms sweep
+writes the batch with one ``os.write``.  Lifecycle events are rare and flushed at once so
+that tests and operators see them immediately.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -16,8 +17,12 @@ from typing import Any
 
 _escape = json.encoder.encode_basestring  # the C-accelerated JSON string escaper
 
-FLUSH_INTERVAL = 0.05
-FLUSH_BYTES = 64 * 1024
+# Escape caches: values up to this length are escaped once and reused; the caches are
+# emptied when they reach their size (clients control these values).
+_CACHE_VALUE_LIMIT = 256
+_CACHE_ENTRIES = 4096
+ESCAPED_BYTES: dict[bytes, str] = {}
+ESCAPED_TEXT: dict[str, str] = {}
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
@@ -28,36 +33,69 @@ def escape(value: str) -> str:
     return result
 
 
-class _Clock:
-    """RFC 3339 timestamps with nanoseconds; the seconds part is formatted once per second."""
+def escape_bytes(value: bytes) -> str:
+    """A header value (latin-1) as a JSON string literal, cached when short."""
+    cached = ESCAPED_BYTES.get(value)
+    if cached is None:
+        cached = _escape(value.decode("latin-1"))
+        if len(value) <= _CACHE_VALUE_LIMIT:
+            if len(ESCAPED_BYTES) >= _CACHE_ENTRIES:
+                ESCAPED_BYTES.clear()
+            ESCAPED_BYTES[value] = cached
+    return cached
 
-    __slots__ = ("_prefix", "_second")
+
+def escape_text(value: str) -> str:
+    """Like ``escape`` for strings that repeat (paths, methods), cached when short."""
+    cached = ESCAPED_TEXT.get(value)
+    if cached is None:
+        cached = _escape(value)
+        if len(value) <= _CACHE_VALUE_LIMIT:
+            if len(ESCAPED_TEXT) >= _CACHE_ENTRIES:
+                ESCAPED_TEXT.clear()
+            ESCAPED_TEXT[value] = cached
+    return cached
+
+
+class Clock:
+    """RFC 3339 timestamps with nanoseconds; the seconds part is formatted once per second.
+
+    Request logging reads ``second_text``/``prefix`` directly and calls ``advance`` when
+    the second changes.
+    """
+
+    __slots__ = ("prefix", "second", "second_text")
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self.second = -1
+        self.second_text = ""
+        self.prefix = ""
+
+    def advance(self, second: int) -> None:
+        self.second = second
+        self.second_text = str(second)
+        self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+    def format(self, ns: int) -> str:
+        second, fraction = divmod(ns, 1_000_000_000)
+        if second != self.second:
+            self.advance(second)
+        return f"{self.prefix}.{fraction:09d}Z"
 
     def now(self) -> str:
-        ns = time.time_ns()
-        second, fraction = divmod(ns, 1_000_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{fraction:09d}Z"
+        return self.format(time.time_ns())
+
+
+CLOCK = Clock()
 
 
 class JsonLogger:
     def __init__(self, fd: int = 1, debug: bool = False) -> None:
         self._fd = fd
         self._min_level = LEVELS["DEBUG"] if debug else LEVELS["INFO"]
-        self._pending: list[str] = []
-        self._pending_bytes = 0
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.clock = _Clock()
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Formatted lines waiting for the next flush (request lines are appended directly).
+        self.pending: list[str] = []
+        self.clock = CLOCK
 
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self._min_level
@@ -70,7 +108,7 @@ class JsonLogger:
         for key, value in fields.items():
             parts.append(f",{escape(key)}:{json.dumps(value, default=str)}")
         parts.append("}\n")
-        self._pending.append("".join(parts))
+        self.pending.append("".join(parts))
         self.flush()
 
     def debug(self, msg: str, **fields: Any) -> None:
@@ -85,24 +123,13 @@ class JsonLogger:
     def error(self, msg: str, **fields: Any) -> None:
         self.event("ERROR", msg, **fields)
 
-    def write_line(self, line: str) -> None:
-        """Queue an already-formatted line (request logs); flushed in batches."""
-        self._pending.append(line)
-        self._pending_bytes += len(line)
-        if self._pending_bytes >= FLUSH_BYTES or self._loop is None:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self.flush)
-
     def flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if not self._pending:
+        """Write every pending line (the server's sweep calls this every 50 ms)."""
+        pending = self.pending
+        if not pending:
             return
-        data = "".join(self._pending).encode("utf-8", "replace")
-        self._pending.clear()
-        self._pending_bytes = 0
+        data = "".join(pending).encode("utf-8", "replace")
+        pending.clear()
         view = memoryview(data)
         while view:
             try:

@@ -1,15 +1,16 @@
 """Prometheus metrics with kamal-proxy's names, kept off the hot path.
 
-Requests only touch plain dictionaries and lists owned by the event loop (a counter
-increment and a histogram bucket increment); a custom prometheus-client collector turns
-them into the three metric families when the exposition server — prometheus-client's
-own threaded HTTP server on ``--metrics-port`` — is scraped.  Like Go's promhttp it
-answers on every path and also exposes the default process/platform collectors.
+Requests only touch plain integers owned by the event loop: each service name has a
+``ServiceStats`` (bound to the ``Service`` object, so a request finds it with one attribute
+load) holding its in-flight count and, per (method, status), a list ``[sum of durations in
+ns, bucket counts…]``.  A custom prometheus-client collector turns them into the three
+metric families when the exposition server — prometheus-client's own threaded HTTP server
+on ``--metrics-port`` — is scraped; counts are the sums of the buckets.  Like Go's promhttp
+it answers on every path and also exposes the default process/platform collectors.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +20,10 @@ METHODS = frozenset(
 
 # prometheus-client's (and Go client's) default histogram buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The same bounds in integer nanoseconds: ``bisect_left(BUCKETS_NS, ns) + 1`` is the slot
+# of a duration in a series list (slot 0 holds the sum).  ``le`` buckets: a duration equal
+# to a bound belongs to that bound's bucket, which is what bisect_left gives.
+BUCKETS_NS = tuple(round(bound * 1e9) for bound in BUCKETS)
 
 REQUESTS_NAME = "kamal_proxy_http_requests"
 DURATION_NAME = "kamal_proxy_http_request_duration_seconds"
@@ -29,39 +34,39 @@ def normalise_method(method: str) -> str:
     return method if method in METHODS else "OTHER"
 
 
-class _Series:
-    """Count, sum and per-bucket counts for one (service, method, status)."""
+def new_series() -> list[int]:
+    """``[sum_ns, bucket_0, …, bucket_11]`` (the last bucket is +Inf)."""
+    return [0] * (len(BUCKETS) + 2)
 
-    __slots__ = ("buckets", "count", "total")
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.buckets = [0] * (len(BUCKETS) + 1)
+class ServiceStats:
+    """The counters of one service name (kept across remove/redeploy, as Go's vectors)."""
+
+    __slots__ = ("in_flight", "name", "series")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.in_flight = 0
+        self.series: dict[tuple[str, int], list[int]] = {}
 
 
 class Metrics:
-    """Request metrics; every method is a cheap no-op when ``enabled`` is false."""
+    """Request metrics; nothing is recorded when ``enabled`` is false.
+
+    A name's ``ServiceStats`` is created when its first (not excluded) request starts.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._series: dict[tuple[str, str, int], _Series] = {}
-        self.in_flight: dict[str, int] = {}
+        self.services: dict[str, ServiceStats] = {}
+        # Requests that matched no service: labelled service="" and never in flight.
+        self.unrouted = ServiceStats("")
 
-    def observe(self, service: str, method: str, status: int, seconds: float) -> None:
-        key = (service, method, status)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
-        series.count += 1
-        series.total += seconds
-        series.buckets[bisect_left(BUCKETS, seconds)] += 1
-
-    def request_started(self, service: str) -> None:
-        self.in_flight[service] = self.in_flight.get(service, 0) + 1
-
-    def request_finished(self, service: str) -> None:
-        self.in_flight[service] = self.in_flight.get(service, 0) - 1
+    def stats(self, service: str) -> ServiceStats:
+        stats = self.services.get(service)
+        if stats is None:
+            stats = self.services[service] = ServiceStats(service)
+        return stats
 
     # --- exposition (runs on the exporter thread) -----------------------------------------
 
@@ -81,31 +86,34 @@ class Metrics:
         durations = HistogramMetricFamily(
             DURATION_NAME, "HTTP request duration in seconds", labels=labels
         )
-        merged: dict[tuple[str, str, str], tuple[int, float, list[int]]] = {}
-        for (service, method, status), series in list(self._series.items()):
-            key = (service, normalise_method(method), str(status))
-            count, total, buckets = merged.get(key, (0, 0.0, [0] * (len(BUCKETS) + 1)))
-            merged[key] = (
-                count + series.count,
-                total + series.total,
-                [a + b for a, b in zip(buckets, series.buckets, strict=True)],
-            )
+        merged: dict[tuple[str, str, str], list[int]] = {}
+        all_stats = [self.unrouted, *list(self.services.values())]
+        for stats in all_stats:
+            for (method, status), series in list(stats.series.items()):
+                key = (stats.name, normalise_method(method), str(status))
+                into = merged.get(key)
+                if into is None:
+                    into = merged[key] = new_series()
+                for index, value in enumerate(list(series)):
+                    into[index] += value
         for key in sorted(merged):
-            count, total, buckets = merged[key]
-            requests.add_metric(list(key), count)
+            series = merged[key]
+            buckets = series[1:]
+            requests.add_metric(list(key), sum(buckets))
             cumulative = []
             running = 0
             for bound, hits in zip((*BUCKETS, float("inf")), buckets, strict=True):
                 running += hits
                 cumulative.append((_bucket_label(bound), running))
-            durations.add_metric(list(key), cumulative, total)
+            durations.add_metric(list(key), cumulative, series[0] / 1e9)
         yield requests
         yield durations
         gauge = GaugeMetricFamily(
             IN_FLIGHT_NAME, "HTTP requests currently being processed", labels=["service"]
         )
-        for service, value in sorted(list(self.in_flight.items())):
-            gauge.add_metric([service], value)
+        # A service's gauge appears once a request for it was counted (as a Go GaugeVec).
+        for stats in sorted(list(self.services.values()), key=lambda s: s.name):
+            gauge.add_metric([stats.name], stats.in_flight)
         yield gauge
 
 

@@ -4,6 +4,10 @@ Lookup order follows kamal-proxy: an exact host, else the single-label wildcard
 ``*.rest.of.host``, else the catch-all host ``""``; the host is chosen once, with no fallback
 to a less specific host when its paths don't match.  Within the host the longest prefix on
 a segment boundary wins.
+
+Requests resolve their Host header through ``host_cache`` (raw header bytes → host name
+and that host's bindings), which is replaced whenever the table is rebuilt, so the hot
+path decodes, strips the port and looks up each distinct Host value once per deploy.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 from .service import Service
 
 Binding = tuple[str, str, Service]  # (prefix, prefix + "/", service)
+HostEntry = tuple[str, "list[Binding] | None"]  # (host without port, its bindings)
+
+HOST_CACHE_LIMIT = 1024
 
 
 def request_host(raw: str) -> str:
@@ -35,19 +42,23 @@ def prefix_matches(prefix: str, path: str) -> bool:
 class Router:
     def __init__(self) -> None:
         self.services: dict[str, Service] = {}
-        self._hosts: dict[str, list[tuple[str, Service]]] = {}
+        self._hosts: dict[str, list[Binding]] = {}
+        self.host_cache: dict[bytes, HostEntry] = {}
         self.default_tls_host = ""
 
-    def lookup(self, host: str, path: str) -> tuple[Service, str] | None:
-        bindings = self._bindings_for_host(host)
-        if bindings is None:
-            return None
-        for prefix, service in bindings:
-            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
-                return service, prefix
-        return None
+    def resolve_host(self, host_raw: bytes) -> HostEntry:
+        """The host name of a Host header and its bindings, remembered in ``host_cache``."""
+        host = host_raw.decode("latin-1")
+        if b":" in host_raw:
+            host = request_host(host)
+        entry = (host, self._bindings_for_host(host))
+        cache = self.host_cache
+        if len(cache) >= HOST_CACHE_LIMIT:
+            cache.clear()  # clients choose Host values: keep the cache bounded
+        cache[host_raw] = entry
+        return entry
 
-    def _bindings_for_host(self, host: str) -> list[tuple[str, Service]] | None:
+    def _bindings_for_host(self, host: str) -> list[Binding] | None:
         hosts = self._hosts
         bindings = hosts.get(host)
         if bindings is not None:
@@ -64,7 +75,7 @@ class Router:
         bindings = self._bindings_for_host(host)
         if not bindings:
             return None
-        for prefix, service in bindings:
+        for prefix, _, service in bindings:
             if prefix == "/":
                 return service
         return None
@@ -91,14 +102,15 @@ class Router:
         return service
 
     def rebuild(self) -> None:
-        table: dict[str, list[tuple[str, Service]]] = {}
+        table: dict[str, list[Binding]] = {}
         for service in self.services.values():
             for host in service.options.hosts or [""]:
                 for prefix in service.options.path_prefixes:
-                    table.setdefault(host, []).append((prefix, service))
+                    table.setdefault(host, []).append((prefix, prefix + "/", service))
         for bindings in table.values():
             bindings.sort(key=lambda binding: len(binding[0]), reverse=True)
         self._hosts = table
+        self.host_cache = {}
         self._sync_tls_settings()
 
     def _sync_tls_settings(self) -> None:
@@ -115,6 +127,6 @@ class Router:
                 continue
             first_host = (service.options.hosts or [""])[0]
             bindings = self._hosts.get(first_host, [])
-            root = next((s for p, s in bindings if p == "/"), None)
+            root = next((s for p, _, s in bindings if p == "/"), None)
             service.tls_enabled = root.options.tls_enabled if root else False
             service.tls_redirect = root.options.tls_redirect if root else True

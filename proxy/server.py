@@ -24,12 +24,15 @@ from . import paths
 from .commands import CommandError, Commands
 from .downstream import ClientConnection
 from .error_pages import ErrorPages
+from .exchange import Exchange
 from .godur import SECOND, DurationError, parse_duration
 from .logs import JsonLogger
 from .metrics import Metrics, start_exposition_server
+from .outbox import OUTBOX
 from .router import Router
 from .state import StateStore
 from .tls import server_context
+from .upstream import LIVE_TARGETS
 
 MAX_COMMAND_BYTES = 16 << 20
 
@@ -82,11 +85,14 @@ class ProxyServer:
         self.logger = logger
         self.router = Router()
         self.metrics = Metrics(enabled=config.metrics_port != 0)
+        # Request log lines are appended here; the sweep writes them every 50 ms.
+        self.log_lines = logger.pending
         self.error_pages = ErrorPages.builtin()
         self.connections: set[ClientConnection] = set()
-        # Objects with an ``on_deadline()`` and the monotonic time it is due.  One sweep
-        # serves every timeout (header read, idle, --target-timeout), which is far cheaper
-        # per request than creating and cancelling a loop timer.
+        # Objects with an ``on_deadline()`` and the monotonic time it is due: one sweep
+        # serves the connection timeouts (a slow header read, idle keep-alive), which is far
+        # cheaper than creating and cancelling loop timers.  --target-timeout needs no entry
+        # here: the sweep checks the targets' in-flight requests.
         self.deadlines: dict[Any, float] = {}
         self.tuning = Tuning.from_environment(os.environ)
         self.shutting_down = False
@@ -181,7 +187,7 @@ class ControlServer:
 
 async def _run(config: ServerConfig, logger: JsonLogger) -> int:
     loop = asyncio.get_running_loop()
-    logger.attach(loop)
+    OUTBOX.attach(loop)
     proxy = ProxyServer(config, logger, paths.data_dir())
     proxy.commands.restore()
 
@@ -248,9 +254,16 @@ SWEEP_INTERVAL = 0.05
 
 
 async def _sweep_deadlines(proxy: ProxyServer) -> None:
+    """Every 50 ms: write the batched request logs, fire due timeouts."""
     deadlines = proxy.deadlines
+    logger = proxy.logger
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
+        logger.flush()
+        try:
+            _expire_target_timeouts()
+        except Exception as exc:  # the sweep must survive anything
+            logger.error("Timeout handling failed", error=repr(exc))
         if not deadlines:
             continue
         now = time.monotonic()
@@ -260,7 +273,23 @@ async def _sweep_deadlines(proxy: ProxyServer) -> None:
                 try:
                     item.on_deadline()
                 except Exception as exc:  # one broken connection must not stop the sweep
-                    proxy.logger.error("Timeout handling failed", error=repr(exc))
+                    logger.error("Timeout handling failed", error=repr(exc))
+
+
+def _expire_target_timeouts() -> None:
+    """504 for requests that have waited longer than --target-timeout for a response head."""
+    now = time.perf_counter_ns()
+    for target in list(LIVE_TARGETS):
+        if not target.inflight:
+            continue
+        for exchange in list(target.inflight):
+            if (
+                isinstance(exchange, Exchange)
+                and exchange.waiting
+                and now - exchange.wait_from >= exchange.timeout_ns
+                and not exchange.finished
+            ):
+                exchange.on_deadline()
 
 
 async def _shutdown(
@@ -280,7 +309,7 @@ async def _shutdown(
         if loop.time() >= deadline:
             proxy.logger.warn("Closing active connections", count=len(busy))
             for conn in busy:
-                conn.transport.abort()
+                OUTBOX.abort(conn.transport)
             break
         await asyncio.sleep(0.05)
     for service in list(proxy.router.services.values()):

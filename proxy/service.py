@@ -9,6 +9,7 @@ from .balancer import LoadBalancer
 from .controllers import STATE_NAMES, PauseController, RolloutController
 from .error_pages import ErrorPages
 from .logs import escape
+from .metrics import ServiceStats
 from .options import (
     ServiceOptions,
     TargetOptions,
@@ -39,6 +40,8 @@ class Service:
         # Effective TLS settings; path-prefix services inherit them from their host's root.
         self.tls_enabled = False
         self.tls_redirect = True
+        # This name's metrics, bound by the first request counted (see Exchange.start).
+        self.stats: ServiceStats | None = None
         self.apply_options(options, target_options, error_pages, ssl_context)
 
     def apply_options(
@@ -66,9 +69,16 @@ class Service:
             (h.lower().encode("latin-1"), log_header_key("resp_", h))
             for h in target_options.log_response_headers
         ]
+        self.log_headers = bool(self.request_log_headers or self.response_log_headers)
         self.client_ip_header = options.client_ip_header.lower().encode("latin-1")
         self.target_timeout = target_options.response_timeout / 1e9
         self.is_root = "/" in options.path_prefixes
+        # Flattened for the request path (one attribute load each).
+        self.target_timeout_ns = target_options.response_timeout
+        self.canonical_host = options.canonical_host
+        self.forward_headers = target_options.forward_headers
+        self.buffer_requests = target_options.buffer_requests
+        self.buffer_responses = target_options.buffer_responses
 
     @property
     def state_name(self) -> str:

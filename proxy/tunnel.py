@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .outbox import OUTBOX
+
 if TYPE_CHECKING:
     from .upstream import Target, UpstreamConnection
 
@@ -30,11 +32,11 @@ class Tunnel:
     def to_upstream(self, data: bytes) -> None:
         transport = self.upstream.transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            OUTBOX.write(transport, data)
 
     def to_client(self, data: bytes) -> None:
         if not self.client.is_closing():
-            self.client.write(data)
+            OUTBOX.write(self.client, data)
 
     def pause_client(self, paused: bool) -> None:
         """The upstream's write buffer is full (or drained): stop (or resume) reading the client."""
@@ -59,7 +61,7 @@ class Tunnel:
             return
         self.closed = True
         self.target.tunnels.discard(self)
-        self.client.close()
+        OUTBOX.close(self.client)
         self.upstream.tunnel = None
         self.upstream.close()
         self._on_close()

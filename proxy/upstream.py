@@ -14,9 +14,12 @@ import asyncio
 import ipaddress
 import json
 import socket
+import weakref
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from .outbox import OUTBOX
 
 if TYPE_CHECKING:
     from .tunnel import Tunnel
@@ -27,6 +30,7 @@ ADDING, HEALTHY, UNHEALTHY = "adding", "healthy", "unhealthy"
 
 # Response headers that are not copied verbatim to the client.
 (
+    _COPY,
     _CONTENT_TYPE,
     _CONTENT_LENGTH,
     _TRANSFER_ENCODING,
@@ -34,7 +38,7 @@ ADDING, HEALTHY, UNHEALTHY = "adding", "healthy", "unhealthy"
     _WRITER_AFFINITY,
     _UPGRADE,
     _HOP,
-) = range(7)
+) = range(8)
 _RESPONSE_HEADERS: dict[bytes, int] = {
     b"content-type": _CONTENT_TYPE,
     b"content-length": _CONTENT_LENGTH,
@@ -49,6 +53,20 @@ _RESPONSE_HEADERS: dict[bytes, int] = {
     b"te": _HOP,
     b"trailer": _HOP,
 }
+# The same codes by header name exactly as the upstream spells it, so the common names
+# need no ``lower()``; filled as names are seen (bounded).
+_RESPONSE_CODES: dict[bytes, int] = {}
+
+
+def _response_code(name: bytes) -> int:
+    code = _RESPONSE_HEADERS.get(name.lower(), _COPY)
+    if len(_RESPONSE_CODES) < 1024 and len(name) <= 64:
+        _RESPONSE_CODES[name] = code
+    return code
+
+
+# Every live Target, for the server's sweep of --target-timeout deadlines.
+LIVE_TARGETS: weakref.WeakSet[Target] = weakref.WeakSet()
 
 
 class ResponseSink(Protocol):
@@ -84,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         "interim",
         "keep_alive",
         "parser",
+        "read_paused",
         "received",
         "reset_parser",
         "response_done",
@@ -105,8 +124,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.uses = 0
         self.reset_parser = False
+        self.read_paused = False
         self.begin(None, False)
         self.uses = 0
+        # Set by on_headers_complete before anything reads them (interim is reset there).
+        self.status = 0
+        self.keep_alive = False
+        self.interim = False
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -124,19 +148,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_expected = not head_request
         self.sink = sink
         self.uses += 1
-        self.status = 0
         self.header_list: list[tuple[bytes, bytes]] = []
-        self.keep_alive = False
         self.received = False
         self.response_done = False
-        self.interim = False
         self.content_length = -1
         self.chunked = False
         self.head_parts: list[bytes] = []
-        self.set_cookies: list[tuple[bytes, bytes]] = []
-        self.upgrade_headers: list[bytes] = []
+        # Rare headers: lists only once one is seen.
+        self.set_cookies: list[tuple[bytes, bytes]] | None = None
+        self.upgrade_headers: list[bytes] | None = None
         self.content_type = b""
         self.affinity_opt_out = False
+
+    def pause_reading(self) -> None:
+        """Stop reading the response while the client cannot keep up."""
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        # Also called when a connection goes back to the pool: a response that completed
+        # while its client was slow must not leave the next user of the connection deaf.
+        if self.transport is not None and self.read_paused:
+            self.read_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def detach(self) -> None:
         self.sink = None
@@ -144,12 +180,12 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self.sink = None
         if self.transport is not None:
-            self.transport.close()
+            OUTBOX.close(self.transport)
 
     def abort(self) -> None:
         self.sink = None
         if self.transport is not None:
-            self.transport.abort()
+            OUTBOX.abort(self.transport)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -210,8 +246,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         """Sort each header as it arrives, so the response head needs no second pass."""
         self.header_list.append((name, value))
-        code = _RESPONSE_HEADERS.get(name.lower())
+        code = _RESPONSE_CODES.get(name)
         if code is None:
+            code = _response_code(name)
+        if not code:  # _COPY
             self.head_parts += (name, b": ", value, b"\r\n")
         elif code == _CONTENT_TYPE:
             self.content_type = value
@@ -222,20 +260,26 @@ class UpstreamConnection(asyncio.Protocol):
             if b"chunked" in value.lower():
                 self.chunked = True
         elif code == _SET_COOKIE:
+            if self.set_cookies is None:
+                self.set_cookies = []
             self.set_cookies.append((name, value))
         elif code == _WRITER_AFFINITY:
             if value.strip().lower() == b"false":
                 self.affinity_opt_out = True
         elif code == _UPGRADE:
+            if self.upgrade_headers is None:
+                self.upgrade_headers = []
             self.upgrade_headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        parser = self.parser
+        status = parser.get_status_code()
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
-        if 100 <= status < 200 and status != 101:
-            self.interim = True
-        elif status in (204, 304):
+        self.keep_alive = parser.should_keep_alive()
+        if status < 200:
+            if status >= 100 and status != 101:
+                self.interim = True
+        elif status == 204 or status == 304:
             self.body_expected = False
         sink = self.sink
         if sink is not None:
@@ -245,7 +289,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.interim = False
             self.header_list = []
             self.head_parts = []
-            self.set_cookies = []
+            self.set_cookies = None
+            self.upgrade_headers = None
             self.content_type = b""
             self.status = 0
             return
@@ -286,6 +331,7 @@ class Target:
         self.address = address
         self.address_bytes = address.encode("latin-1")
         self.address_json = json.dumps(address)
+        self.kamal_target_line = b"\r\nX-Kamal-Target: " + self.address_bytes + b"\r\n"
         self.host, self.port = split_address(address)
         self.state = ADDING
         self.draining = False
@@ -293,7 +339,7 @@ class Target:
         self.connections: set[UpstreamConnection] = set()
         self.inflight: set[DrainableExchange] = set()
         self.tunnels: set[Tunnel] = set()
-        self._drain_waiters: list[tuple[set[DrainableExchange], asyncio.Future[None]]] = []
+        self.drain_waiters: list[tuple[set[DrainableExchange], asyncio.Future[None]]] = []
         try:
             ip = ipaddress.ip_address(self.host)
             self._literal: tuple[int, str] | None = (
@@ -302,6 +348,7 @@ class Target:
             )
         except ValueError:
             self._literal = None
+        LIVE_TARGETS.add(self)
 
     def __repr__(self) -> str:
         return f"Target({self.address}, {self.state})"
@@ -354,6 +401,7 @@ class Target:
             and not conn.closed
             and len(self.idle) < MAX_IDLE_PER_TARGET
         ):
+            conn.resume_reading()
             self.idle.append(conn)
         else:
             conn.close()
@@ -368,12 +416,9 @@ class Target:
 
     # --- in-flight tracking and draining ------------------------------------------------
 
-    def begin(self, exchange: DrainableExchange) -> None:
-        self.inflight.add(exchange)
-
     def end(self, exchange: DrainableExchange) -> None:
         self.inflight.discard(exchange)
-        for waiting, future in self._drain_waiters:
+        for waiting, future in self.drain_waiters:
             waiting.discard(exchange)
             if not waiting and not future.done():
                 future.set_result(None)
@@ -395,13 +440,13 @@ class Target:
         if waiting:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry = (waiting, future)
-            self._drain_waiters.append(entry)
+            self.drain_waiters.append(entry)
             try:
                 await asyncio.wait_for(future, max(timeout, 0))
             except TimeoutError:
                 pass
             finally:
-                self._drain_waiters.remove(entry)
+                self.drain_waiters.remove(entry)
         cancelled = 0
         for exchange in list(waiting):
             exchange.cancel_for_drain()

@@ -62,6 +62,21 @@ def test_large_streamed_upload_and_download(proxy: Proxy, app: UpstreamServer) -
     assert len(big.body) == 3_000_000
 
 
+def test_a_response_that_outran_its_client_leaves_a_usable_pooled_connection(
+    proxy: Proxy, app: UpstreamServer
+) -> None:
+    # A large response can complete while the client's socket is full and reading from
+    # the upstream is paused; the connection goes back to the pool and must not stay
+    # paused, or the next request on it never gets its response. The timing varies from
+    # run to run, so repeat the pair until it has had plenty of chances to happen.
+    proxy.deploy("web", app.address)
+    body = bytes(range(256)) * 8192  # 2 MiB, echoed back as about 8.5 MB of JSON
+    for _ in range(50):
+        assert proxy.get("/echo", method="POST", body=body).status == 200
+        small = proxy.get("/big?n=10", timeout=5)
+        assert small.body == b"x" * 10
+
+
 def test_chunked_response_passes_through(proxy: Proxy, app: UpstreamServer) -> None:
     proxy.deploy("web", app.address)
     response = proxy.get("/chunked?parts=alpha,beta,gamma")
