@@ -41,11 +41,22 @@ awk '{print $5}' /proc/self/mountinfo | grep -E '^/(run|var/lib/docker)(/|$)' | 
 mkdir -p /var/lib/docker /etc/docker
 mount --bind "$host_dir/root" /root
 mount --bind "$host_dir/docker" /var/lib/docker
-mount --bind "$host_dir/tmp" /tmp
 mount --bind "$host_dir/etc-docker" /etc/docker
 mount --bind "$host_dir/etc/hosts" /etc/hosts
 mount --bind "$host_dir/etc/hostname" /etc/hostname
 mount --bind "$host_dir/etc/resolv.conf" /etc/resolv.conf
+# The host's own /tmp goes last. When the lab directory itself is under /tmp (a clone in
+# a temp dir), that mount would hide it, and with it the sshd config, the pid files and
+# the logs: carry the lab directory into the host's /tmp at the same path first. The
+# carried mount exists only in this host's mount namespace.
+lab_root=$(cd "$host_dir/../.." && pwd -P)
+tmp_bind=--bind
+if [[ $lab_root == /tmp/* ]]; then
+  mkdir -p "$host_dir/tmp${lab_root#/tmp}"
+  mount --bind "$lab_root" "$host_dir/tmp${lab_root#/tmp}"
+  tmp_bind=--rbind
+fi
+mount "$tmp_bind" "$host_dir/tmp" /tmp
 mount -t tmpfs -o mode=0755,size=256m run /run
 mkdir -p /run/sshd /run/lock
 chmod 0755 /run/sshd
