@@ -136,4 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             code = exit_.code or 0
     sys.stdout.flush()
     sys.stderr.flush()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        # Under a profiler, coverage or a debugger: let them write their results.
+        raise SystemExit(code)
     os._exit(code)
