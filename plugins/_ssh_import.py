@@ -1,4 +1,4 @@
-"""Import paramiko without paying for invoke.
+"""Import paramiko without paying for invoke or importlib.metadata.
 
 paramiko imports ``invoke`` when it starts, only to support ``Match exec`` in ssh_config
 files, and invoke takes longer to import than anything else a deploy needs. A stand-in
@@ -6,12 +6,18 @@ module takes its place in ``sys.modules`` and imports the real invoke on first u
 ``Match exec`` keeps working and every other run skips the cost. (The stdlib's
 ``LazyLoader`` cannot do this on Python 3.11: ``import`` itself touches ``__spec__``,
 which loads the module.)
+
+paramiko also imports ``importlib.metadata`` (about 30 ms: email, zipfile, csv...) only
+to read its own version. While paramiko is imported, a stand-in answers ``version()``
+from the ``<name>-<version>.dist-info`` directory name; anything else it is asked for
+comes from the real module. Once paramiko is in, the stand-in leaves ``sys.modules``.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from typing import Any
@@ -37,8 +43,36 @@ def _defer(name: str) -> None:
     sys.modules[name] = stand_in
 
 
-_defer("invoke")
+class _VersionsFromDistInfo(_OnFirstUse):
+    def version(self, distribution_name: str) -> str:
+        wanted = distribution_name.lower().replace("-", "_")
+        for directory in sys.path:
+            try:
+                entries = os.listdir(directory or ".")
+            except OSError:
+                continue
+            for entry in entries:
+                name, _, version = entry.removesuffix(".dist-info").partition("-")
+                if entry.endswith(".dist-info") and name.lower().replace("-", "_") == wanted and version:
+                    return version
+        return str(self.__getattr__("version")(distribution_name))
 
-import paramiko  # noqa: E402 - after invoke is deferred
+
+def _stand_in_for_metadata() -> _VersionsFromDistInfo | None:
+    if "importlib.metadata" in sys.modules:
+        return None
+    stand_in = _VersionsFromDistInfo("importlib.metadata")
+    stand_in.__spec__ = importlib.util.find_spec("importlib.metadata")
+    sys.modules["importlib.metadata"] = stand_in
+    return stand_in
+
+
+_defer("invoke")
+_metadata_stand_in = _stand_in_for_metadata()
+try:
+    import paramiko
+finally:
+    if _metadata_stand_in is not None and sys.modules.get("importlib.metadata") is _metadata_stand_in:
+        del sys.modules["importlib.metadata"]
 
 __all__ = ["paramiko"]

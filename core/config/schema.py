@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import types
 from typing import Annotated, Any, Literal
 
-# pydantic scans every installed distribution for plugins of its own when it is first
-# imported; shipyard uses none, and the scan costs start-up time on every command.
+# pydantic scans every installed distribution for plugins of its own when it builds its
+# first model; shipyard uses none, and the scan costs start-up time on every command.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+if os.environ["PYDANTIC_DISABLE_PLUGINS"] == "__all__" and "pydantic.plugin._loader" not in sys.modules:
+    # Even disabled, its plugin loader imports importlib.metadata (about 40 ms, a tenth of
+    # a deploy's start-up) only to find none. pydantic imports the loader lazily, for
+    # get_plugins() alone, so a loader that finds none is enough.
+    _no_plugins = types.ModuleType("pydantic.plugin._loader")
+    _no_plugins.get_plugins = lambda: ()  # type: ignore[attr-defined]
+    sys.modules["pydantic.plugin._loader"] = _no_plugins
 
 from pydantic import (
     BaseModel,

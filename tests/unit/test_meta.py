@@ -76,3 +76,19 @@ def test_loading_the_builtin_plugins_imports_no_heavy_library() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_paramiko_imports_without_invoke_or_importlib_metadata() -> None:
+    import subprocess
+    import sys
+
+    # Both cost start-up time on every deploy; paramiko still knows its own version, and
+    # importlib.metadata still works for whoever imports it afterwards.
+    code = (
+        "import sys, types; from shipyard.plugins._ssh_import import paramiko; "
+        "loaded = [n for n in ('invoke', 'importlib.metadata') if type(sys.modules.get(n)) is types.ModuleType]; "
+        "import importlib.metadata; "
+        "print(loaded, paramiko.__version__ == importlib.metadata.version('paramiko'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[] True"
