@@ -51,37 +51,34 @@ def test_every_package_folder_is_installed_under_the_shipyard_namespace() -> Non
     assert not any(p.split(".")[0] in ("core", "plugins") for p in packages)
 
 
-def test_cli_start_up_does_not_import_heavy_libraries() -> None:
+def in_fresh_interpreter(code: str) -> str:
+    """What ``code`` prints, run by a new Python (so nothing is imported yet)."""
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_cli_start_up_does_not_import_heavy_libraries() -> None:
     code = (
         "import sys; from shipyard.core.cli.main import cli; "
         "heavy = {'pluggy', 'pydantic', 'yaml', 'jinja2', 'paramiko', 'docker', 'rich', 'importlib.metadata'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert in_fresh_interpreter(code) == "[]"
 
 
 def test_loading_the_builtin_plugins_imports_no_heavy_library() -> None:
-    import subprocess
-    import sys
-
     code = (
         "import sys, pathlib; from shipyard.core.plugins import ShipyardPluginManager; "
         "ShipyardPluginManager().load(project_dir=pathlib.Path('.'), autoload=False); "
         "heavy = {'pydantic', 'yaml', 'jinja2', 'paramiko', 'docker', 'rich', 'invoke'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert in_fresh_interpreter(code) == "[]"
 
 
 def test_paramiko_imports_without_invoke_or_importlib_metadata() -> None:
-    import subprocess
-    import sys
-
     # Both cost start-up time on every deploy; paramiko still knows its own version, and
     # importlib.metadata still works for whoever imports it afterwards.
     code = (
@@ -90,5 +87,4 @@ def test_paramiko_imports_without_invoke_or_importlib_metadata() -> None:
         "import importlib.metadata; "
         "print(loaded, paramiko.__version__ == importlib.metadata.version('paramiko'))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[] True"
+    assert in_fresh_interpreter(code) == "[] True"
