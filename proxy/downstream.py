@@ -23,7 +23,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .error_pages import CONTENT_TYPE, reason_phrase
 from .exchange import Exchange
-from .logs import escape
+from .logs import escape, escape_bytes
 from .outbox import OUTBOX
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_deadline",
         "_head_bytes",
-        "_header_size",
         "_header_timeout",
         "_headers",
         "_idle_timeout",
@@ -62,8 +61,13 @@ class ClientConnection(asyncio.Protocol):
         "forwarded_tail",
         "https",
         "incoming",
+        "log_agent",
         "log_client",
+        "log_host",
+        "log_host_raw",
         "log_port",
+        "log_tail",
+        "log_version",
         "parser",
         "peer_bytes",
         "port",
@@ -100,9 +104,14 @@ class ClientConnection(asyncio.Protocol):
         )
         self.log_port = f',"port":{port},"path":'
         self.log_client = ',"client_addr":"","client_port":"","remote_addr":'
+        # Log-line pieces for the values seen last on this connection (exchange.finish).
+        self.log_host_raw: bytes | None = None
+        self.log_host = ""
+        self.log_agent: bytes | None = None
+        self.log_version = ""
+        self.log_tail = ""
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._header_size = 0
         self._head_bytes = 0
         self._reading_head = False
         self._in_message = False
@@ -136,6 +145,13 @@ class ClientConnection(asyncio.Protocol):
         )
         self.proxy.connections.add(self)
         self._watch_idle()
+
+    def log_host_piece(self, host_raw: bytes) -> str:
+        """The log line's ``"host":…,"port":…,"path":``, kept for the next request."""
+        piece = f'"host":{escape_bytes(host_raw)}{self.log_port}'
+        self.log_host_raw = host_raw
+        self.log_host = piece
+        return piece
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -216,16 +232,19 @@ class ClientConnection(asyncio.Protocol):
         self._in_message = True
         self._reading_head = True
         self._url += url
-        self._header_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._header_size += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
         self._head_bytes = 0
-        if self._header_size > self._max_header_bytes:
+        headers = self._headers
+        # The size the limit applies to: the URL, and each header as "name: value\r\n".
+        size = len(self._url) + 4 * len(headers)
+        for name, value in headers:
+            size += len(name) + len(value)
+        if size > self._max_header_bytes:
             raise _HeadersTooLarge()
         if self._deadline:
             self._deadline = ""
@@ -238,14 +257,13 @@ class ClientConnection(asyncio.Protocol):
             _METHOD_NAMES.get(raw_method) or raw_method.decode("latin-1"),
             raw_method,
             self._url,
-            self._headers,
+            headers,
             parser.get_http_version(),
             parser.should_keep_alive(),
             parser.should_upgrade(),
         )
         self._url = b""
         self._headers = []
-        self._header_size = 0
         self.incoming = exchange
         if self.active is None and not self.queue:
             self.active = exchange
@@ -260,8 +278,10 @@ class ClientConnection(asyncio.Protocol):
             return
         if exchange is self.active:
             exchange.request_body(body)
-        else:
+        elif exchange.pending_body:
             exchange.pending_body.append(body)
+        else:
+            exchange.pending_body = [body]  # it was the shared empty list
 
     def on_message_complete(self) -> None:
         self._in_message = False

@@ -18,6 +18,7 @@ sweep over the targets' in-flight requests (``waiting``/``wait_from``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from bisect import bisect_left
@@ -25,15 +26,17 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from httptools import HttpResponseParser
+
 from .bodybuffer import BodyTooLarge, SpillBuffer
 from .controllers import EXPIRED, PAUSED, REJECTED_STOPPED, RUNNING, STOPPED
 from .error_pages import CONTENT_TYPE, reason_phrase
 from .logs import CLOCK, ESCAPED_BYTES, ESCAPED_TEXT, escape, escape_bytes, escape_text
 from .metrics import BUCKETS_NS, ServiceStats, new_series
-from .outbox import OUTBOX
+from .outbox import MAX_QUEUED, OUTBOX
 from .router import request_host
 from .tunnel import Tunnel
-from .upstream import MAX_IDLE_PER_TARGET, UpstreamConnection
+from .upstream import MAX_IDLE_PER_TARGET, UpstreamConnection, merge_headers
 
 if TYPE_CHECKING:
     from .balancer import LoadBalancer
@@ -97,6 +100,36 @@ def status_line(status: int) -> bytes:
 
 _MAX_PENDING_BODY = 256 * 1024
 
+# "Content-Length: N\r\n" lines by N, for the lengths seen most (bounded).
+_CONTENT_LENGTH_LINES: dict[int, bytes] = {}
+
+
+def content_length_line(length: int) -> bytes:
+    line = _CONTENT_LENGTH_LINES.get(length)
+    if line is None:
+        line = b"Content-Length: %d\r\n" % length
+        if len(_CONTENT_LENGTH_LINES) < 1024:
+            _CONTENT_LENGTH_LINES[length] = line
+    return line
+
+
+class _StartLine:
+    """The millisecond and ``\r\nX-Request-Start: t=<ms>\r\n`` last sent with a new id."""
+
+    __slots__ = ("line", "ms")
+
+    def __init__(self) -> None:
+        self.ms = -1
+        self.line = b""
+
+    def make(self, ms: int) -> bytes:
+        self.ms = ms
+        self.line = b"\r\nX-Request-Start: t=%d\r\n" % ms
+        return self.line
+
+
+_START_LINE = _StartLine()
+
 _perf_ns = time.perf_counter_ns
 _time_ns = time.time_ns
 _getrandbits = random.getrandbits
@@ -105,27 +138,33 @@ _getrandbits = random.getrandbits
 class _RequestIds:
     """UUIDv4-shaped request IDs: a random per-process prefix and a counter.
 
-    Unique within the process and cheap (one format per request); they only correlate log
-    lines and upstream requests, so they need not be unpredictable.
+    Unique within the process and cheap; they only correlate log lines and upstream
+    requests, so they need not be unpredictable.  The hot path (``Exchange.__init__``)
+    formats ``prefix`` and the next value of ``take`` itself, and calls ``reseed`` when the
+    counter passes 32 bits.
     """
 
     def __init__(self) -> None:
+        self.prefix = ""
+        self.take = itertools.count(1).__next__
         self.reseed()
 
-    def reseed(self) -> None:
+    def reseed(self) -> int:
+        """A new prefix and counter; returns the first value of the new counter."""
         h = f"{_getrandbits(128):032x}"
-        self._prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:24]}"
-        self._counter = 0
+        self.prefix = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:24]}"
+        self.take = itertools.count(1).__next__
+        return self.take()
 
     def next(self) -> str:
-        self._counter += 1
-        if self._counter > 0xFFFFFFFF:
-            self.reseed()
-            self._counter = 1
-        return f"{self._prefix}{self._counter:08x}"
+        counter = self.take()
+        if counter > 0xFFFFFFFF:
+            counter = self.reseed()
+        return f"{self.prefix}{counter:08x}"
 
 
-new_request_id = _RequestIds().next
+REQUEST_IDS = _RequestIds()
+new_request_id = REQUEST_IDS.next
 
 
 def _cookie_value(cookie_header: bytes, name: bytes) -> str | None:
@@ -158,7 +197,30 @@ def _scope_cookie(value: bytes, prefix: str, host: str) -> bytes:
 
 _NO_PARTS: list[bytes] = []  # shared, never mutated
 _NO_JSON = '""'
-_NO_HEADERS: list[tuple[bytes, bytes]] = []  # shared, never mutated
+_NO_OTHERS: list[tuple[int, bytes, bytes]] = []  # shared, never mutated
+
+
+def _log_placement(service: Service | None, target: Target | None, status: int) -> str:
+    """The log line's ``"status":…,"service":…,"target":…,"duration":``.
+
+    Cached on the target, by status, for the service that last used the target.
+    """
+    piece = (
+        f'"status":{status},"service":{service.name_json if service is not None else _NO_JSON},'
+        f'"target":{target.address_json if target is not None else _NO_JSON},"duration":'
+    )
+    if target is not None:
+        if target.log_service is not service:
+            target.log_service = service
+            target.log_placements = {}
+        if len(target.log_placements) < 64:
+            target.log_placements[status] = piece
+    return piece
+
+
+# The log line's request piece (see Exchange._log_request_piece) of a request without a
+# body or content type, by method (bounded: the methods llhttp parses).
+_PLAIN_REQUEST_PIECES: dict[str, str] = {}
 
 
 class Exchange:
@@ -199,7 +261,8 @@ class Exchange:
         "resp_chunked",
         "resp_content_type",
         "resp_head",
-        "resp_headers",
+        "resp_header_parts",
+        "resp_other_headers",
         "response_complete",
         "retried",
         "routed_path",
@@ -244,7 +307,8 @@ class Exchange:
         self.keep_alive = keep_alive
         self.header_list = headers
         self.out: list[bytes] = []
-        self.pending_body: list[bytes] = []
+        # Body chunks received before the upstream is attached; a list only once there are.
+        self.pending_body = _NO_PARTS
         # State of the exchange (every slot is set here: no class-level defaults).
         self.service: Service | None = None
         self.balancer: LoadBalancer | None = None
@@ -267,7 +331,9 @@ class Exchange:
         self.req_buffer: SpillBuffer | None = None
         self.resp_buffer: SpillBuffer | None = None
         self.resp_head = _NO_PARTS
-        self.resp_headers = _NO_HEADERS
+        # The response's headers as UpstreamConnection keeps them (see merge_headers).
+        self.resp_header_parts = _NO_PARTS
+        self.resp_other_headers = _NO_OTHERS
         self.resp_bytes = 0
         self.resp_chunked = False
         self.resp_content_type = b""
@@ -351,7 +417,11 @@ class Exchange:
             self.request_id = escape(request_id.decode("latin-1"))[1:-1]
         else:
             self.request_id_given = False
-            self.request_id = new_request_id()
+            ids = REQUEST_IDS  # new_request_id(), inlined
+            counter = ids.take()
+            if counter > 0xFFFFFFFF:
+                counter = ids.reseed()
+            self.request_id = f"{ids.prefix}{counter:08x}"
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
@@ -585,7 +655,7 @@ class Exchange:
         options = service.target_options
         buffer = SpillBuffer(options.max_memory_buffer_size, options.max_request_body_size)
         self.req_buffer = buffer
-        pending, self.pending_body = self.pending_body, []
+        pending, self.pending_body = self.pending_body, _NO_PARTS
         try:
             for chunk in pending:
                 buffer.write(chunk)
@@ -616,6 +686,8 @@ class Exchange:
             else:
                 OUTBOX.write(upstream.transport, chunk)
             return
+        if self.pending_body is _NO_PARTS:
+            self.pending_body = []
         self.pending_body.append(chunk)
         if sum(len(c) for c in self.pending_body) > _MAX_PENDING_BODY:
             self.conn.pause_reading()
@@ -624,11 +696,13 @@ class Exchange:
         self.body_done = True
         if self.finished:
             return
-        if self.connecting:
-            # Dispatched already: for a request without a body this is the callback that
-            # read its head, so its arrival time is the start of --target-timeout.
+        # Dispatched already: for a request without a body this is the callback that read
+        # its head, so its arrival time is the start of --target-timeout.
+        # (_arm_target_timeout, inlined.)
+        if self.connecting and self.timeout_ns > 0 and not self.waiting and not self.head_sent:
             has_body = self.chunked or self.content_length > 0
-            self._arm_target_timeout(_perf_ns() if has_body else self.started)
+            self.wait_from = _perf_ns() if has_body else self.started
+            self.waiting = True
         if self.req_buffer is not None:
             if self.target is not None and not self.connecting:
                 self._connect_upstream()
@@ -696,7 +770,24 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection, service: Service) -> None:
         """Send the request head (and any body received so far) on ``conn``."""
         self.upstream = conn
-        conn.begin(self, self.method == "HEAD")
+        # conn.begin(self, self.method == "HEAD"), inlined.
+        if conn.reset_parser:
+            conn.parser = HttpResponseParser(conn)
+        head_request = self.method == "HEAD"
+        conn.reset_parser = head_request
+        conn.body_expected = not head_request
+        conn.sink = self
+        conn.uses += 1
+        conn.other_headers = []
+        conn.received = False
+        conn.response_done = False
+        conn.content_length = -1
+        conn.chunked = False
+        conn.head_parts = []
+        conn.set_cookies = None
+        conn.upgrade_headers = None
+        conn.content_type = b""
+        conn.affinity_opt_out = False
         target = conn.target
         client = self.conn
         if client.write_paused:
@@ -734,10 +825,18 @@ class Exchange:
                 self.host_raw,
                 target.kamal_target_line,  # X-Kamal-Target: <address>
             )
-        if not self.request_id_given:
+        # A client's own X-Request-ID and X-Request-Start are among the kept headers.
+        if self.request_id_given:
+            if not self.request_start:
+                parts.append(b"X-Request-Start: t=%d\r\n" % (self.wall // 1_000_000))
+        elif self.request_start:
             parts += (b"X-Request-ID: ", self.request_id.encode("latin-1"), b"\r\n")
-        if not self.request_start:  # else the client's own is among the kept headers
-            parts.append(b"X-Request-Start: t=%d\r\n" % (self.wall // 1_000_000))
+        else:
+            # X-Request-ID: <generated id>, then the X-Request-Start line of this millisecond.
+            ms = self.wall // 1_000_000
+            cached = _START_LINE
+            start_line = cached.line if ms == cached.ms else cached.make(ms)
+            parts += (b"X-Request-ID: ", self.request_id.encode("latin-1"), start_line)
         body = _NO_PARTS
         if self.upgrade is not None:
             parts += (b"Connection: Upgrade\r\nUpgrade: ", self.upgrade, b"\r\n")
@@ -754,16 +853,22 @@ class Exchange:
                 body += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
             if self.body_done:
                 body.append(b"0\r\n\r\n")
-            self.pending_body = []
+            self.pending_body = _NO_PARTS
         elif self.content_length >= 0:
-            parts.append(b"Content-Length: %d\r\n" % self.content_length)
+            parts.append(content_length_line(self.content_length))
             body = self.pending_body
-            self.pending_body = []
+            self.pending_body = _NO_PARTS
         parts.append(b"\r\n")
         if body:
             parts += body
         assert conn.transport is not None
-        OUTBOX.defer(conn.transport, b"".join(parts))
+        queue = OUTBOX.queue  # OUTBOX.defer, inlined while a flush is scheduled
+        if queue:
+            queue.append((conn.transport, b"".join(parts)))
+            if len(queue) >= MAX_QUEUED:
+                OUTBOX.flush()
+        else:
+            OUTBOX.defer(conn.transport, b"".join(parts))
         if not self.body_done and (self.chunked or self.content_length > 0):
             client.resume_reading()
 
@@ -790,9 +895,10 @@ class Exchange:
             return
         self.waiting = False
         self.status = status
-        self.resp_headers = conn.header_list
         service = self.service
         assert service is not None
+        self.resp_header_parts = conn.head_parts
+        self.resp_other_headers = conn.other_headers
         # Like Go's server, the status line uses the standard reason phrase.
         head = [_STATUS_LINES.get(status) or status_line(status)]
         head += conn.head_parts  # already without hop-by-hop and framing headers
@@ -837,7 +943,9 @@ class Exchange:
             self.resp_head = head
             return
         if content_length >= 0:
-            head.append(b"Content-Length: %d\r\n" % content_length)
+            head.append(
+                _CONTENT_LENGTH_LINES.get(content_length) or content_length_line(content_length)
+            )
         elif no_body:
             pass
         elif self.version == "1.1":
@@ -890,7 +998,7 @@ class Exchange:
 
     def _forward_interim(self, conn: UpstreamConnection) -> None:
         head = [status_line(conn.status)]
-        for name, value in conn.header_list:
+        for name, value in conn.headers():
             head.extend((name, b": ", value, b"\r\n"))
         head.append(b"\r\n")
         self.out.extend(head)
@@ -943,7 +1051,13 @@ class Exchange:
         if out:
             transport = self.conn.transport
             if not transport.is_closing():
-                OUTBOX.defer(transport, b"".join(out))
+                queue = OUTBOX.queue  # OUTBOX.defer, inlined while a flush is scheduled
+                if queue:
+                    queue.append((transport, b"".join(out)))
+                    if len(queue) >= MAX_QUEUED:
+                        OUTBOX.flush()
+                else:
+                    OUTBOX.defer(transport, b"".join(out))
             out.clear()
         if self.response_complete and not self.finished:
             conn = self.upstream
@@ -1134,54 +1248,93 @@ class Exchange:
             series[0] += duration
             series[bisect_left(BUCKETS_NS, duration) + 1] += 1
 
-        # The access-log line.  Values that repeat are escaped once and cached (logs.py).
+        # The access-log line.  Values that repeat are escaped once and cached (logs.py),
+        # and the runs of fields that rarely change on a connection (host and port; service
+        # and target by status; method and request framing; client address, user agent,
+        # protocol and scheme) are kept as ready pieces, on the connection, the target or
+        # here, while their inputs stay the same.
         conn = self.conn
         service = self.service
-        eb = ESCAPED_BYTES
-        et = ESCAPED_TEXT
-        host = eb.get(self.host_raw) or escape_bytes(self.host_raw)
-        path = et.get(self.path) or escape_text(self.path)
-        method = et.get(self.method) or escape_text(self.method)
-        req_type = eb.get(self.content_type) or escape_bytes(self.content_type)
-        resp_type = eb.get(self.resp_content_type) or escape_bytes(self.resp_content_type)
-        agent = eb.get(self.user_agent) or escape_bytes(self.user_agent)
-        query = eb.get(self.query) or escape_bytes(self.query)
-        if self.x_forwarded_for:
-            remote = escape_bytes(self.x_forwarded_for)
+        host_raw = self.host_raw
+        host = conn.log_host if host_raw == conn.log_host_raw else conn.log_host_piece(host_raw)
+        path = ESCAPED_TEXT.get(self.path) or escape_text(self.path)
+        if target is not None and target.log_service is service:
+            placement = target.log_placements.get(status) or _log_placement(
+                service, target, status
+            )
         else:
-            remote = conn.client_addr_json
-        if service is not None:
-            service_json = service.name_json
-            if service.log_headers:
-                query += self._logged_headers(service)
+            placement = _log_placement(service, target, status)
+        agent = self.user_agent
+        if agent == conn.log_agent and self.version == conn.log_version and not (
+            self.x_forwarded_for
+        ):
+            client = conn.log_tail
         else:
-            service_json = '""'
+            client = self._log_client_piece(conn, agent)
+        query = self.query
+        query_json = (ESCAPED_BYTES.get(query) or escape_bytes(query)) if query else _NO_JSON
+        if service is not None and service.log_headers:
+            query_json += self._logged_headers(service)
+        length = self.content_length
+        if length <= 0 and not self.content_type and not self.chunked:
+            request = _PLAIN_REQUEST_PIECES.get(self.method) or self._log_request_piece()
+        else:
+            request = self._log_request_piece()
+        resp_type = self.resp_content_type
+        resp_type_json = ESCAPED_BYTES.get(resp_type) or escape_bytes(resp_type)
         # The time of logging: the wall clock at arrival plus the duration, as decimal text
         # (the last nine digits are the nanoseconds; the rest are formatted once a second).
         wall = str(self.wall + duration)
         clock = CLOCK
         if wall[:-9] != clock.second_text:
             clock.advance(int(wall[:-9]))
-        length = self.content_length
         self.proxy.log_lines.append(
             f'{{"time":"{clock.prefix}.{wall[-9:]}Z","level":"INFO","msg":"Request",'
-            f'"host":{host}{conn.log_port}{path},"request_id":"{self.request_id}",'
-            f'"status":{status},"service":{service_json},'
-            f'"target":{target.address_json if target is not None else _NO_JSON},'
-            f'"duration":{duration},"method":{method},'
-            f'"req_content_length":{-1 if self.chunked else length if length > 0 else 0},'
-            f'"req_content_type":{req_type},"resp_content_length":{self.resp_bytes},'
-            f'"resp_content_type":{resp_type}{conn.log_client}{remote},"user_agent":{agent},'
-            f'"proto":"HTTP/{self.version}","scheme":"{conn.scheme}","query":{query}}}\n'
+            f'{host}{path},"request_id":"{self.request_id}",{placement}{duration}{request}'
+            f'{self.resp_bytes},"resp_content_type":{resp_type_json}{client}{query_json}}}\n'
         )
         conn.exchange_done(self)
+
+    def _log_request_piece(self) -> str:
+        """The log line from ``,"method"`` to ``"resp_content_length":``."""
+        length = self.content_length
+        piece = (
+            f',"method":{escape_text(self.method)},'
+            f'"req_content_length":{-1 if self.chunked else length if length > 0 else 0},'
+            f'"req_content_type":{escape_bytes(self.content_type)},"resp_content_length":'
+        )
+        if (
+            length <= 0
+            and not self.content_type
+            and not self.chunked
+            and len(_PLAIN_REQUEST_PIECES) < 64
+        ):
+            _PLAIN_REQUEST_PIECES[self.method] = piece
+        return piece
+
+    def _log_client_piece(self, conn: ClientConnection, agent: bytes) -> str:
+        """The log line from ``"client_addr"`` to ``"query":``; cached on the connection."""
+        if self.x_forwarded_for:
+            remote = escape_bytes(self.x_forwarded_for)
+        else:
+            remote = conn.client_addr_json
+        piece = (
+            f'{conn.log_client}{remote},"user_agent":{escape_bytes(agent)},'
+            f'"proto":"HTTP/{self.version}","scheme":"{conn.scheme}","query":'
+        )
+        if not self.x_forwarded_for:
+            conn.log_agent = agent
+            conn.log_version = self.version
+            conn.log_tail = piece
+        return piece
 
     def _logged_headers(self, service: Service) -> str:
         pieces = []
         for lname, key in service.request_log_headers:
             values = [v.decode("latin-1") for n, v in self.header_list if n.lower() == lname]
             pieces.append(f",{escape(key)}:{escape(','.join(values))}")
+        resp_headers = merge_headers(self.resp_header_parts, self.resp_other_headers)
         for lname, key in service.response_log_headers:
-            values = [v.decode("latin-1") for n, v in self.resp_headers if n.lower() == lname]
+            values = [v.decode("latin-1") for n, v in resp_headers if n.lower() == lname]
             pieces.append(f",{escape(key)}:{escape(','.join(values))}")
         return "".join(pieces)

@@ -65,6 +65,8 @@ def _response_code(name: bytes) -> int:
     return code
 
 
+_NO_SERVICE = object()  # Target.log_service before any request was logged
+
 # Every live Target, for the server's sweep of --target-timeout deadlines.
 LIVE_TARGETS: weakref.WeakSet[Target] = weakref.WeakSet()
 
@@ -88,6 +90,23 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def merge_headers(
+    head_parts: list[bytes], other_headers: list[tuple[int, bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """A response's headers, in order, from ``UpstreamConnection.on_header``'s two lists."""
+    merged: list[tuple[bytes, bytes]] = []
+    index = 0
+    for position, name, value in other_headers:
+        while index < position:
+            merged.append((head_parts[index], head_parts[index + 2]))
+            index += 4
+        merged.append((name, value))
+    while index < len(head_parts):
+        merged.append((head_parts[index], head_parts[index + 2]))
+        index += 4
+    return merged
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a target; parses responses with httptools."""
 
@@ -98,9 +117,9 @@ class UpstreamConnection(asyncio.Protocol):
         "content_length",
         "content_type",
         "head_parts",
-        "header_list",
         "interim",
         "keep_alive",
+        "other_headers",
         "parser",
         "read_paused",
         "received",
@@ -139,7 +158,10 @@ class UpstreamConnection(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing()
 
     def begin(self, sink: ResponseSink | None, head_request: bool) -> None:
-        """Get ready for the response to the request about to be sent."""
+        """Get ready for the response to the request about to be sent.
+
+        ``Exchange._attach`` inlines this (the hot path): keep the two in step.
+        """
         if self.reset_parser:
             self.parser = HttpResponseParser(self)
         # llhttp cannot be told that a response answers HEAD, so after one we use a
@@ -148,7 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_expected = not head_request
         self.sink = sink
         self.uses += 1
-        self.header_list: list[tuple[bytes, bytes]] = []
+        self.other_headers: list[tuple[int, bytes, bytes]] = []
         self.received = False
         self.response_done = False
         self.content_length = -1
@@ -244,17 +266,24 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Sort each header as it arrives, so the response head needs no second pass."""
-        self.header_list.append((name, value))
+        """Sort each header as it arrives, so the response head needs no second pass.
+
+        A copied header goes to ``head_parts`` (name, ": ", value, CRLF) and nowhere else;
+        any other one to ``other_headers`` with its position, so ``headers()`` can rebuild
+        the complete list in order when it is needed (rarely).
+        """
         code = _RESPONSE_CODES.get(name)
         if code is None:
             code = _response_code(name)
         if not code:  # _COPY
             self.head_parts += (name, b": ", value, b"\r\n")
-        elif code == _CONTENT_TYPE:
+            return
+        if code == _CONTENT_TYPE:
             self.content_type = value
             self.head_parts += (name, b": ", value, b"\r\n")
-        elif code == _CONTENT_LENGTH:
+            return
+        self.other_headers.append((len(self.head_parts), name, value))
+        if code == _CONTENT_LENGTH:
             self.content_length = int(value) if value.strip().isdigit() else -1
         elif code == _TRANSFER_ENCODING:
             if b"chunked" in value.lower():
@@ -287,7 +316,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_response_head(self)
         if self.interim:
             self.interim = False
-            self.header_list = []
+            self.other_headers = []
             self.head_parts = []
             self.set_cookies = None
             self.upgrade_headers = None
@@ -315,6 +344,10 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.on_response_complete()
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header of the response (head) being read, in order, as (name, value)."""
+        return merge_headers(self.head_parts, self.other_headers)
+
     @property
     def close_delimited(self) -> bool:
         return self.body_expected and not self.chunked and self.content_length < 0
@@ -332,6 +365,9 @@ class Target:
         self.address_bytes = address.encode("latin-1")
         self.address_json = json.dumps(address)
         self.kamal_target_line = b"\r\nX-Kamal-Target: " + self.address_bytes + b"\r\n"
+        # The access log's status, service and target pieces by status, for log_service.
+        self.log_service: object = _NO_SERVICE
+        self.log_placements: dict[int, str] = {}
         self.host, self.port = split_address(address)
         self.state = ADDING
         self.draining = False
