@@ -90,11 +90,11 @@ MILESTONES: dict[str, list[tuple[str, str, str]]] = {
         ("registry tunnel, pull starts", r"docker pull", "first"),
         ("pull (all hosts)", r"^\[[^]]+\] Pulled ", "last"),
         ("lock", r"lock-", "first"),
-        ("list containers, env upload", r"\$ docker run ", "first"),
-        ("docker run (app start)", r"proxy deploy ", "first"),
-        ("proxy deploy (health check, switch)", r"\$ docker stop ", "first"),
-        ("stop old (all hosts)", r"^\[[^]]+\] Booted ", "last"),
-        ("tag latest, audit, unlock", r"^Deployed ", "first"),
+        ("list containers", r"docker run --detach", "first"),
+        ("env file, docker run (app start)", r"proxy deploy ", "first"),
+        ("proxy deploy (health check, switch)", r"old=\$1", "first"),
+        ("stop old, tag latest (all hosts)", r"^\[[^]]+\] Booted ", "last"),
+        ("audit, unlock", r"^Deployed ", "first"),
     ],
     # bench/deploy_instrument.py's marks (a shipyard redeploy with timing wrappers).
     "shipyard-instrumented": [
@@ -102,9 +102,9 @@ MILESTONES: dict[str, list[tuple[str, str, str]]] = {
         ("config", r"^@@ .* < load config ", "first"),
         ("SSH connect (all hosts, in parallel)", r"^@@ .* < ssh connect ", "last"),
         ("pull (all hosts)", r"^@@ .* < pull ", "first"),
-        ("lock; boot: run, proxy deploy, stop old", r"^@@ .* > tag latest", "first"),
-        ("tag latest", r"^@@ .* < tag latest ", "first"),
-        ("unlock, audit, close connections", r"^@@ .* atexit done", "first"),
+        ("lock; boot: run, proxy deploy", r"^@@ .* > retire", "first"),
+        ("stop old, tag latest (all hosts)", r"^@@ .* < retire ", "last"),
+        ("unlock, audit, close connections", r"^@@ .* < close connections ", "first"),
     ],
 }
 
@@ -740,7 +740,7 @@ class Bench:
             "verbose_output": [f"{t:7.3f} {line}" for t, line in verbose.lines],
             "instrumented_wall": round(marked.wall, 3),
             "instrumented_phases": milestones(marked.lines, "shipyard-instrumented", marked.wall,
-                                              final="interpreter exit (finalization)"),
+                                              final="exit"),
             "instrumented_output": [f"{t:7.3f} {line}" for t, line in marked.lines],
             "cprofile_wall": round(profiled.wall, 3),
             "cprofile_top_cumulative": text.read_text().splitlines(),

@@ -2,21 +2,21 @@
 
 bench/deploy runs this with shipyard's own Python (`.venv/bin/python
 bench/deploy_instrument.py redeploy -P --version V`) to see where a redeploy's wall time
-goes: imports, plugin loading, config, SSH connect, pull, boot, tagging, closing and
-interpreter exit. Each mark is one line on stderr: `@@ <s since start> <thread> > name`
+goes: imports, plugin loading, config, SSH connect, pull, boot, retiring the old
+container, closing and exit. Each mark is one line on stderr: `@@ <s since start> <thread> > name`
 when a function starts and `@@ ... < name <duration>s` when it returns. A function that
 does not exist (shipyard changed) is skipped. It changes nothing in shipyard's behaviour.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
 import importlib
+import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 T0 = time.perf_counter()
 
@@ -33,7 +33,7 @@ WRAP = [  # (module, attribute path, label)
     ("shipyard.plugins._ssh_transport", "open_connection", "ssh connect"),
     ("shipyard.core.lifecycle", "pull", "pull"),
     ("shipyard.core.lifecycle", "boot_app", "boot app"),
-    ("shipyard.core.lifecycle", "tag_latest", "tag latest"),
+    ("shipyard.plugins.app_boot", "retire", "retire"),
     ("shipyard.core.transport", "ConnectionPool.close_all", "close connections"),
 ]
 
@@ -67,12 +67,16 @@ def main() -> None:
     for module_name, path, label in WRAP:
         wrap(module_name, path, label)
     mark("imports done")
-    atexit.register(mark, "atexit done")  # registered first, so it runs last
+    # shipyard ends with os._exit (no atexit handlers): mark the moment it is called.
+    real_exit = os._exit
+
+    def marked_exit(code: int) -> NoReturn:
+        mark("os._exit")
+        real_exit(code)
+
+    os._exit = marked_exit
     sys.argv = ["shipyard", *sys.argv[1:]]
-    try:
-        cli.main()
-    finally:
-        mark("main returned")
+    cli.main()
 
 
 if __name__ == "__main__":
