@@ -26,14 +26,12 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from httptools import HttpResponseParser
-
 from .bodybuffer import BodyTooLarge, SpillBuffer
 from .controllers import EXPIRED, PAUSED, REJECTED_STOPPED, RUNNING, STOPPED
 from .error_pages import CONTENT_TYPE, reason_phrase
 from .logs import CLOCK, ESCAPED_BYTES, ESCAPED_TEXT, escape, escape_bytes, escape_text
 from .metrics import BUCKETS_NS, ServiceStats, new_series
-from .outbox import MAX_QUEUED, OUTBOX
+from .outbox import OUTBOX
 from .router import request_host
 from .tunnel import Tunnel
 from .upstream import MAX_IDLE_PER_TARGET, UpstreamConnection, merge_headers
@@ -139,9 +137,7 @@ class _RequestIds:
     """UUIDv4-shaped request IDs: a random per-process prefix and a counter.
 
     Unique within the process and cheap; they only correlate log lines and upstream
-    requests, so they need not be unpredictable.  The hot path (``Exchange.__init__``)
-    formats ``prefix`` and the next value of ``take`` itself, and calls ``reseed`` when the
-    counter passes 32 bits.
+    requests, so they need not be unpredictable.
     """
 
     def __init__(self) -> None:
@@ -163,8 +159,7 @@ class _RequestIds:
         return f"{self.prefix}{counter:08x}"
 
 
-REQUEST_IDS = _RequestIds()
-new_request_id = REQUEST_IDS.next
+new_request_id = _RequestIds().next
 
 
 def _cookie_value(cookie_header: bytes, name: bytes) -> str | None:
@@ -417,11 +412,7 @@ class Exchange:
             self.request_id = escape(request_id.decode("latin-1"))[1:-1]
         else:
             self.request_id_given = False
-            ids = REQUEST_IDS  # new_request_id(), inlined
-            counter = ids.take()
-            if counter > 0xFFFFFFFF:
-                counter = ids.reseed()
-            self.request_id = f"{ids.prefix}{counter:08x}"
+            self.request_id = new_request_id()
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
@@ -696,13 +687,11 @@ class Exchange:
         self.body_done = True
         if self.finished:
             return
-        # Dispatched already: for a request without a body this is the callback that read
-        # its head, so its arrival time is the start of --target-timeout.
-        # (_arm_target_timeout, inlined.)
-        if self.connecting and self.timeout_ns > 0 and not self.waiting and not self.head_sent:
+        if self.connecting:
+            # Dispatched already: for a request without a body this is the callback that
+            # read its head, so its arrival time is the start of --target-timeout.
             has_body = self.chunked or self.content_length > 0
-            self.wait_from = _perf_ns() if has_body else self.started
-            self.waiting = True
+            self._arm_target_timeout(_perf_ns() if has_body else self.started)
         if self.req_buffer is not None:
             if self.target is not None and not self.connecting:
                 self._connect_upstream()
@@ -770,24 +759,7 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection, service: Service) -> None:
         """Send the request head (and any body received so far) on ``conn``."""
         self.upstream = conn
-        # conn.begin(self, self.method == "HEAD"), inlined.
-        if conn.reset_parser:
-            conn.parser = HttpResponseParser(conn)
-        head_request = self.method == "HEAD"
-        conn.reset_parser = head_request
-        conn.body_expected = not head_request
-        conn.sink = self
-        conn.uses += 1
-        conn.other_headers = []
-        conn.received = False
-        conn.response_done = False
-        conn.content_length = -1
-        conn.chunked = False
-        conn.head_parts = []
-        conn.set_cookies = None
-        conn.upgrade_headers = None
-        conn.content_type = b""
-        conn.affinity_opt_out = False
+        conn.begin(self, self.method == "HEAD")
         target = conn.target
         client = self.conn
         if client.write_paused:
@@ -862,13 +834,7 @@ class Exchange:
         if body:
             parts += body
         assert conn.transport is not None
-        queue = OUTBOX.queue  # OUTBOX.defer, inlined while a flush is scheduled
-        if queue:
-            queue.append((conn.transport, b"".join(parts)))
-            if len(queue) >= MAX_QUEUED:
-                OUTBOX.flush()
-        else:
-            OUTBOX.defer(conn.transport, b"".join(parts))
+        OUTBOX.defer(conn.transport, b"".join(parts))
         if not self.body_done and (self.chunked or self.content_length > 0):
             client.resume_reading()
 
@@ -1051,13 +1017,7 @@ class Exchange:
         if out:
             transport = self.conn.transport
             if not transport.is_closing():
-                queue = OUTBOX.queue  # OUTBOX.defer, inlined while a flush is scheduled
-                if queue:
-                    queue.append((transport, b"".join(out)))
-                    if len(queue) >= MAX_QUEUED:
-                        OUTBOX.flush()
-                else:
-                    OUTBOX.defer(transport, b"".join(out))
+                OUTBOX.defer(transport, b"".join(out))
             out.clear()
         if self.response_complete and not self.finished:
             conn = self.upstream

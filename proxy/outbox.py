@@ -11,10 +11,6 @@ Nothing waits longer than the rest of the current iteration (the callback runs a
 iteration's I/O callbacks, before the loop polls again), nor behind more than
 ``MAX_QUEUED`` other sends.
 
-The two hottest call sites (the upstream request and the response, in ``exchange.py``)
-append to ``queue`` themselves when it is not empty — a flush is then already scheduled —
-and flush at ``MAX_QUEUED``, exactly as ``defer`` does, which saves a call per send.
-
 Ordering is kept by construction: the queue is a single FIFO, and while it is not empty
 every write made through this module is queued behind it, so each transport sees its bytes
 in program order.  ``close`` and ``abort`` flush the queue first and then act at once, so
@@ -33,10 +29,10 @@ MAX_QUEUED = 16
 
 
 class Outbox:
-    __slots__ = ("_loop", "queue")
+    __slots__ = ("_loop", "_queue")
 
     def __init__(self) -> None:
-        self.queue: list[tuple[asyncio.Transport, bytes]] = []
+        self._queue: list[tuple[asyncio.Transport, bytes]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -46,7 +42,7 @@ class Outbox:
 
     def defer(self, transport: asyncio.Transport, data: bytes) -> None:
         """Send ``data`` at the end of this loop iteration (the hot path)."""
-        queue = self.queue
+        queue = self._queue
         if not queue:
             loop = self._loop
             if loop is None:
@@ -59,26 +55,26 @@ class Outbox:
 
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
         """Send ``data`` now, unless earlier sends are still queued (then after them)."""
-        if self.queue:
-            self.queue.append((transport, data))
+        if self._queue:
+            self._queue.append((transport, data))
         else:
             transport.write(data)
 
     def close(self, transport: asyncio.BaseTransport) -> None:
-        if self.queue:
+        if self._queue:
             self.flush()
         transport.close()
 
     def abort(self, transport: asyncio.Transport) -> None:
-        if self.queue:
+        if self._queue:
             self.flush()
         transport.abort()
 
     def flush(self) -> None:
-        queue = self.queue
+        queue = self._queue
         if not queue:
             return
-        self.queue = []
+        self._queue = []
         for transport, data in queue:
             if not transport.is_closing():
                 transport.write(data)

@@ -158,10 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
         return self.transport is None or self.transport.is_closing()
 
     def begin(self, sink: ResponseSink | None, head_request: bool) -> None:
-        """Get ready for the response to the request about to be sent.
-
-        ``Exchange._attach`` inlines this (the hot path): keep the two in step.
-        """
+        """Get ready for the response to the request about to be sent."""
         if self.reset_parser:
             self.parser = HttpResponseParser(self)
         # llhttp cannot be told that a response answers HEAD, so after one we use a
