@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,25 +34,40 @@ class EntryPoint:
         return module
 
 
-def entry_points(group: str) -> list[EntryPoint]:
-    """Entry points of ``group``; the first distribution on ``sys.path`` wins a name."""
-    found: dict[str, EntryPoint] = {}
+def _distributions() -> Iterator[tuple[str, str, str, str]]:
+    """``(directory, metadata dir name, distribution, version)`` for every installed
+    distribution on ``sys.path``, in path order."""
     for directory in sys.path or []:
         try:
             names = [e.name for e in os.scandir(directory or ".") if e.name.endswith((".dist-info", ".egg-info"))]
         except OSError:
             continue
         for meta in sorted(names):
-            path = os.path.join(directory or ".", meta, "entry_points.txt")
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-            except OSError:
-                continue
-            stem = meta.rsplit(".", 1)[0]
-            dist, _, version = stem.partition("-")
-            for name, value in _section(text, group):
-                found.setdefault(name, EntryPoint(name, value, dist, version.partition("-")[0]))
+            dist, _, version = meta.rsplit(".", 1)[0].partition("-")
+            yield directory or ".", meta, dist, version.partition("-")[0]
+
+
+def distribution_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (``importlib.metadata.version``
+    without importing importlib.metadata), or None."""
+    wanted = name.lower().replace("-", "_")
+    for _, _, dist, version in _distributions():
+        if dist.lower().replace("-", "_") == wanted and version:
+            return version
+    return None
+
+
+def entry_points(group: str) -> list[EntryPoint]:
+    """Entry points of ``group``; the first distribution on ``sys.path`` wins a name."""
+    found: dict[str, EntryPoint] = {}
+    for directory, meta, dist, version in _distributions():
+        try:
+            with open(os.path.join(directory, meta, "entry_points.txt"), encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        for name, value in _section(text, group):
+            found.setdefault(name, EntryPoint(name, value, dist, version))
     return list(found.values())
 
 

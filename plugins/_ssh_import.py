@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 import types
 from typing import Any
+
+from shipyard.core.entrypoints import distribution_version
 
 
 class _OnFirstUse(types.ModuleType):
@@ -45,17 +46,8 @@ def _defer(name: str) -> None:
 
 class _VersionsFromDistInfo(_OnFirstUse):
     def version(self, distribution_name: str) -> str:
-        wanted = distribution_name.lower().replace("-", "_")
-        for directory in sys.path:
-            try:
-                entries = os.listdir(directory or ".")
-            except OSError:
-                continue
-            for entry in entries:
-                name, _, version = entry.removesuffix(".dist-info").partition("-")
-                if entry.endswith(".dist-info") and name.lower().replace("-", "_") == wanted and version:
-                    return version
-        return str(self.__getattr__("version")(distribution_name))
+        found = distribution_version(distribution_name)
+        return found if found is not None else str(self.__getattr__("version")(distribution_name))
 
 
 def _stand_in_for_metadata() -> _VersionsFromDistInfo | None:
