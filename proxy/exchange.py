@@ -34,7 +34,7 @@ from .metrics import BUCKETS_NS, ServiceStats, new_series
 from .outbox import OUTBOX
 from .router import request_host
 from .tunnel import Tunnel
-from .upstream import MAX_IDLE_PER_TARGET, UpstreamConnection, merge_headers
+from .upstream import UpstreamConnection, merge_headers
 
 if TYPE_CHECKING:
     from .balancer import LoadBalancer
@@ -628,18 +628,7 @@ class Exchange:
                 and not self._start_request_buffer(service)
             ):
                 return
-        self.connecting = True
-        if self.body_done:
-            self._arm_target_timeout(_perf_ns())
-        # A pooled connection if there is one (the common case), else open one.
-        idle = target.idle
-        while idle:
-            conn = idle.pop()
-            transport = conn.transport
-            if transport is not None and not transport.is_closing():
-                self._attach(conn, service)
-                return
-        self.proxy.spawn(self._open_connection(target))
+        self._connect_upstream()
 
     def _start_request_buffer(self, service: Service) -> bool:
         """--buffer-requests: collect the body first; True when it is already complete."""
@@ -728,6 +717,7 @@ class Exchange:
             self.waiting = True
 
     def _connect_upstream(self) -> None:
+        """A pooled connection if there is one (the common case), else a new one."""
         target = self.target
         assert target is not None
         self.connecting = True
@@ -1023,23 +1013,7 @@ class Exchange:
             conn = self.upstream
             if conn is not None:
                 self.upstream = None
-                # Back to the pool (Target.release, inlined).
-                conn.sink = None
-                target = conn.target
-                upstream_transport = conn.transport
-                if (
-                    conn.keep_alive
-                    and self.body_done
-                    and not target.draining
-                    and upstream_transport is not None
-                    and not upstream_transport.is_closing()
-                    and len(target.idle) < MAX_IDLE_PER_TARGET
-                ):
-                    if conn.read_paused:
-                        conn.resume_reading()
-                    target.idle.append(conn)
-                else:
-                    conn.close()
+                conn.target.release(conn, conn.keep_alive and self.body_done)
             if not self.body_done:
                 self.close_after = True
             self.finish(self.status)
