@@ -21,11 +21,16 @@ def client_context(cert: str) -> ssl.SSLContext:
 
 
 def tls_deploy(
-    proxy: Proxy, app: UpstreamServer, certificate: tuple[str, str], **flags: Any
+    proxy: Proxy,
+    app: UpstreamServer,
+    certificate: tuple[str, str],
+    service: str = "web",
+    **flags: Any,
 ) -> None:
+    """Deploy ``service`` to ``app`` with TLS on and the test certificate."""
     cert, key = certificate
     proxy.deploy(
-        "web",
+        service,
         app.address,
         host=flags.pop("host", "example.com"),
         tls=True,
@@ -64,25 +69,11 @@ def test_https_with_custom_certificate(
 def test_certificate_is_picked_by_sni(
     proxy: Proxy, upstream: Upstreams, certificate: tuple[str, str]
 ) -> None:
-    cert, key = certificate
+    cert = certificate[0]
     first = upstream("first")
     second = upstream("second")
-    proxy.deploy(
-        "one",
-        first.address,
-        host="example.com",
-        tls=True,
-        tls_certificate_path=cert,
-        tls_private_key_path=key,
-    )
-    proxy.deploy(
-        "two",
-        second.address,
-        host="*.example.com",
-        tls=True,
-        tls_certificate_path=cert,
-        tls_private_key_path=key,
-    )
+    tls_deploy(proxy, first, certificate, "one")
+    tls_deploy(proxy, second, certificate, "two", host="*.example.com")
     ctx = client_context(cert)
     assert (
         request(
@@ -141,17 +132,10 @@ def test_tls_redirect_can_be_disabled(
 def test_prefix_services_inherit_tls_from_the_root(
     proxy: Proxy, upstream: Upstreams, certificate: tuple[str, str]
 ) -> None:
-    cert, key = certificate
+    cert = certificate[0]
     root = upstream("root")
     api = upstream("api")
-    proxy.deploy(
-        "root",
-        root.address,
-        host="example.com",
-        tls=True,
-        tls_certificate_path=cert,
-        tls_private_key_path=key,
-    )
+    tls_deploy(proxy, root, certificate, "root")
     proxy.deploy("api", api.address, host="example.com", path_prefix="/api")
     assert proxy.get("/api/x").status == 301
     ctx = client_context(cert)
@@ -164,17 +148,10 @@ def test_prefix_services_inherit_tls_from_the_root(
 def test_tls_request_to_a_plain_service_is_503(
     proxy: Proxy, upstream: Upstreams, certificate: tuple[str, str]
 ) -> None:
-    cert, key = certificate
+    cert = certificate[0]
     secure = upstream("secure")
     plain = upstream("plain")
-    proxy.deploy(
-        "secure",
-        secure.address,
-        host="example.com",
-        tls=True,
-        tls_certificate_path=cert,
-        tls_private_key_path=key,
-    )
+    tls_deploy(proxy, secure, certificate, "secure")
     proxy.deploy("plain", plain.address)  # catch-all, TLS off
     # SNI example.com has a certificate; the Host header routes to the plain service.
     response = request(
@@ -197,16 +174,8 @@ def test_canonical_host_redirect(
     response = proxy.get("/a?b=c", host="www.example.com")
     assert (response.status, response.header("Location")) == (301, "http://example.com/a?b=c")
     assert proxy.get("/", host="example.com").status == 200
-    cert, key = certificate
-    proxy.deploy(
-        "web",
-        app.address,
-        host="example.com,www.example.com",
-        canonical_host="example.com",
-        tls=True,
-        tls_certificate_path=cert,
-        tls_private_key_path=key,
-    )
+    cert = certificate[0]
+    tls_deploy(proxy, app, certificate, host="example.com,www.example.com", canonical_host="example.com")
     response = proxy.get("/", host="www.example.com")
     assert response.header("Location") == "https://example.com/"  # one redirect for both reasons
     secure = request(
