@@ -110,6 +110,29 @@ def request(
         conn.close()
 
 
+def read_until(
+    sock: socket.socket,
+    done: bytes | Callable[[bytes], bool] | None = None,
+    received: bytes = b"",
+) -> bytes:
+    """Read from ``sock`` until ``done`` holds (a marker that has arrived, or a test of
+    everything read so far) or the peer closes; with ``done=None``, until the peer closes."""
+
+    def finished(data: bytes) -> bool:
+        if done is None:
+            return False
+        if isinstance(done, bytes):
+            return done in data
+        return done(data)
+
+    while not finished(received):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
 def raw_exchange(port: int, payload: bytes, timeout: float = WAIT, read_all: bool = True) -> bytes:
     """Send raw bytes and return whatever comes back until the server closes (or timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

@@ -7,7 +7,7 @@ import socket
 import threading
 
 import pytest
-from proxy_harness import WAIT, Proxy, UpstreamServer, WebSocketClient
+from proxy_harness import WAIT, Proxy, UpstreamServer, WebSocketClient, read_until
 
 pytestmark = pytest.mark.proxy
 
@@ -23,15 +23,6 @@ def open_stream(proxy: Proxy, path: str) -> tuple[socket.socket, bytes]:
             break
         received += chunk
     return sock, received
-
-
-def read_until(sock: socket.socket, marker: bytes, received: bytes = b"") -> bytes:
-    while marker not in received:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    return received
 
 
 def test_chunked_request_body_is_forwarded(proxy: Proxy, app: UpstreamServer) -> None:
@@ -262,12 +253,7 @@ def test_pipelined_requests_are_answered_in_order(proxy: Proxy, app: UpstreamSer
     raw = b"".join(b"GET /echo?n=%d HTTP/1.1\r\nHost: example.com\r\n\r\n" % i for i in range(5))
     sock = socket.create_connection(("127.0.0.1", proxy.http_port), timeout=WAIT)
     sock.sendall(raw)
-    data = b""
-    while data.count(b'"name"') < 5:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until(sock, lambda received: received.count(b'"name"') >= 5)
     sock.close()
     order = [
         int(part.split(b"n=")[1].split(b'"')[0]) for part in data.split(b'"path": "/echo?')[1:]
@@ -329,12 +315,7 @@ def test_pipelined_chunked_uploads(proxy: Proxy, buffered: bool) -> None:
         two = b"POST /two HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n"
         sock = socket.create_connection(("127.0.0.1", proxy.http_port), timeout=WAIT)
         sock.sendall(one + two)
-        data = b""
-        while data.count(b"\r\n\r\nok") < 2:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until(sock, lambda received: received.count(b"\r\n\r\nok") >= 2)
         sock.close()
         assert data.count(b"HTTP/1.1 200") == 2
         with upstream.lock:

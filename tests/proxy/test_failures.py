@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from proxy_harness import WAIT, Proxy, UpstreamServer, wait_until
+from proxy_harness import WAIT, Proxy, UpstreamServer, read_until, wait_until
 
 pytestmark = pytest.mark.proxy
 
@@ -27,12 +27,7 @@ def test_target_timeout_does_not_count_a_slow_upload(proxy: Proxy, app: Upstream
     sock.sendall(b"POST /echo HTTP/1.1\r\nHost: example.com\r\nContent-Length: 10\r\n\r\nhello")
     time.sleep(0.8)  # longer than the target timeout, spent by the client, not the target
     sock.sendall(b"world")
-    data = b""
-    while b"helloworld" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until(sock, b"helloworld")
     sock.close()
     assert data.startswith(b"HTTP/1.1 200")
 
@@ -52,12 +47,7 @@ def test_upstream_hanging_up_mid_body_closes_the_client(proxy: Proxy, app: Upstr
     proxy.deploy("web", app.address)
     sock = socket.create_connection(("127.0.0.1", proxy.http_port), timeout=WAIT)
     sock.sendall(b"GET /cut HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until(sock)
     sock.close()
     assert data.startswith(b"HTTP/1.1 200")
     assert data.endswith(b"short")  # what arrived, then the connection was closed

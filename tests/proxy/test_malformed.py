@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from proxy_harness import WAIT, Proxy, UpstreamServer, raw_exchange, status_of
+from proxy_harness import WAIT, Proxy, UpstreamServer, raw_exchange, read_until, status_of
 
 pytestmark = pytest.mark.proxy
 
@@ -92,12 +92,7 @@ def test_slowloris_is_cut_off(served: Proxy) -> None:
     sock = socket.create_connection(("127.0.0.1", served.http_port), timeout=WAIT)
     sock.sendall(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Slow: ")
     # Never finish the headers: the header timeout (500ms here) answers 400 and closes.
-    data = b""
-    while True:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = read_until(sock)
     sock.close()
     assert status_of(data) == 400
     assert_still_serving(served)
