@@ -388,11 +388,15 @@ class Target:
 
     # --- pool -------------------------------------------------------------------------
 
+    # acquire and release run once per proxied request: they test the transport directly
+    # rather than through ``closed`` and ``detach``, one call each instead of three.
+
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
                 return conn
         return None
 
@@ -427,14 +431,19 @@ class Target:
         raise last_error
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        conn.detach()
+        conn.sink = None
+        transport = conn.transport
         if (
             reusable
             and not self.draining
-            and not conn.closed
+            and transport is not None
+            and not transport.is_closing()
             and len(self.idle) < MAX_IDLE_PER_TARGET
         ):
-            conn.resume_reading()
+            if conn.read_paused:
+                # A response can complete while its client is slow: the next user of the
+                # connection must not find it deaf.
+                conn.resume_reading()
             self.idle.append(conn)
         else:
             conn.close()
