@@ -61,8 +61,8 @@ mount -t tmpfs -o mode=0755,size=256m run /run
 mkdir -p /run/sshd /run/lock
 chmod 0755 /run/sshd
 
-# sshd daemonizes once its listening socket is bound, so a zero exit means the host
-# already accepts connections. Its PidFile is in host_dir so the deployer can stop
+# sshd forks into the background before it binds port 22, so readiness below waits
+# for the listening socket too. Its PidFile is in host_dir so the deployer can stop
 # and start it (tests need "a stopped host").
 /usr/sbin/sshd -f "$host_dir/ssh/sshd_config" -E "$log_dir/$name-sshd.log"
 
@@ -70,10 +70,10 @@ dockerd --config-file /etc/docker/daemon.json >>"$log_dir/$name-dockerd.log" 2>&
 dockerd_pid=$!
 echo "$dockerd_pid" >"$host_dir/pids/dockerd.pid"
 
-# Readiness: the API answers. Bounded at ~60 s; lab.py has its own, shorter, deadline
+# Readiness: sshd listens and the Docker API answers. Bounded at ~60 s; lab.py has its own, shorter, deadline
 # and reports the logs if we never get here.
 for _ in $(seq 1 1200); do
-  if docker -H unix:///run/docker.sock version >/dev/null 2>&1; then
+  if [ -n "$(ss -Hltn 'sport = :22')" ] && docker -H unix:///run/docker.sock version >/dev/null 2>&1; then
     touch "$host_dir/ready"
     echo "host-init $name: ready" >&2
     break

@@ -498,11 +498,17 @@ class Host:
             lambda: not any(pid_alive(p) for p in pids if p), 10, f"{self.name}'s sshd to stop"
         )
 
+    def sshd_listening(self) -> bool:
+        out = self.run(["ss", "-Hltn", "sport", "=", ":22"], check=False).stdout
+        return bool(out.strip())
+
     def start_sshd(self) -> None:
-        if self.sshd_running():
-            return
-        log_file = self.log_dir / f"{self.name}-sshd.log"
-        self.run(["/usr/sbin/sshd", "-f", str(self.sshd_config), "-E", str(log_file)])
+        """Start sshd and return once it accepts connections: sshd forks into the
+        background before it binds its socket, so its zero exit is not enough."""
+        if not self.sshd_running():
+            log_file = self.log_dir / f"{self.name}-sshd.log"
+            self.run(["/usr/sbin/sshd", "-f", str(self.sshd_config), "-E", str(log_file)])
+        wait_for(self.sshd_listening, 10, f"{self.name}'s sshd to listen", interval=0.05)
 
     @contextlib.contextmanager
     def sshd_stopped(self) -> Iterator[Host]:
