@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -47,6 +48,10 @@ REPO_DIR = BENCH_DIR.parent
 CONF_DIR = BENCH_DIR / "proxy.d"
 RESULTS_DIR = BENCH_DIR / "results"
 DEFAULT_SHIPYARD = REPO_DIR / ".venv" / "bin" / "shipyard-proxy"
+# The interpreter the proxy image runs on: the lab's image is Debian's python3 (built
+# with PGO and LTO, as the python:3.11-slim base is). The dev venv's may be a plain
+# source build (pyenv builds without --enable-optimizations), ~10-15% slower here.
+DEFAULT_SHIPYARD_PYTHON = Path("/usr/bin/python3")
 
 # Binary -> Debian package that provides it.
 PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "caddy": "caddy"}
@@ -55,7 +60,10 @@ BODY = "x" * 1024  # the upstream's 1 KiB response body
 SERVICE = "bench"  # shipyard-proxy service name (catch-all host)
 
 # Throughput configurations, in the order they are listed in reports.
-ALL_CONFIGS = ("direct", "nginx", "haproxy", "caddy", "shipyard")
+# "shipyard" runs the proxy on --shipyard-python with the dev venv's packages (the
+# interpreter it ships on); "shipyard-venv" runs the venv's own shipyard-proxy script.
+ALL_CONFIGS = ("direct", "nginx", "haproxy", "caddy", "shipyard", "shipyard-venv")
+SHIPYARD_CONFIGS = ("shipyard", "shipyard-venv")
 ZD_METHODS = ("shipyard", "nginx", "haproxy")
 
 # Targets from the issue for shipyard-proxy.
@@ -542,7 +550,7 @@ class Caddy:
 
 @dataclass
 class Shipyard:
-    binary: Path
+    command: list[str]  # argv prefix that runs the shipyard-proxy CLI
     dir: Path
     http_port: int
     https_port: int
@@ -566,7 +574,7 @@ class Shipyard:
         for port in (self.http_port, self.https_port, self.metrics_port):
             check_port_free(port)
         argv = [
-            str(self.binary),
+            *self.command,
             "run",
             "--http-port",
             str(self.http_port),
@@ -596,7 +604,7 @@ class Shipyard:
     def deploy(self, upstream_port: int) -> float:
         """`shipyard-proxy deploy`; blocks until healthy, switched and drained."""
         argv = [
-            str(self.binary),
+            *self.command,
             "deploy",
             SERVICE,
             "--target",
@@ -640,19 +648,64 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def shipyard_usable(binary: Path) -> str | None:
+# Runs the proxy CLI on another interpreter with the venv's packages: addsitedir also
+# reads the venv's .pth files, so the editable install of this checkout is what runs.
+_ON_OTHER_PYTHON = (
+    "import site, sys; site.addsitedir(sys.argv.pop(1)); sys.argv[0] = 'shipyard-proxy'; "
+    "from shipyard.proxy.cli import main; sys.exit(main())"
+)
+_PYTHON_FACTS = (
+    "import sys, sysconfig; print(sysconfig.get_config_var('SOABI')); "
+    "print(sysconfig.get_paths()['purelib']); print(sys.version.split()[0])"
+)
+
+
+def python_facts(python: Path) -> tuple[str, str, str]:
+    """(SOABI, site-packages, version) of an interpreter."""
+    res = subprocess.run(
+        [str(python), "-c", _PYTHON_FACTS], capture_output=True, text=True, timeout=30
+    )
+    if res.returncode != 0:
+        raise BenchError(f"{python} -c ...: exited {res.returncode}: {res.stderr.strip()}")
+    soabi, site_dir, version = res.stdout.split()
+    return soabi, site_dir, version
+
+
+def shipyard_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The argv prefix that runs shipyard-proxy for each shipyard config."""
+    venv_python = args.shipyard_proxy.parent / "python"
+    commands = {"shipyard-venv": [str(args.shipyard_proxy)]}
+    if "shipyard" in args.configs:
+        if not args.shipyard_python.exists():
+            raise BenchError(
+                f"--shipyard-python {args.shipyard_python} does not exist (install Debian's "
+                "python3, or pass another interpreter)"
+            )
+        soabi, _, _ = python_facts(args.shipyard_python)
+        venv_soabi, venv_site, _ = python_facts(venv_python)
+        if soabi != venv_soabi:
+            raise BenchError(
+                f"--shipyard-python {args.shipyard_python} is {soabi}, but the venv's "
+                f"packages are built for {venv_soabi}: pass a matching interpreter, or "
+                "measure only the venv with --configs ...,shipyard-venv"
+            )
+        commands["shipyard"] = [str(args.shipyard_python), "-c", _ON_OTHER_PYTHON, venv_site]
+    return commands
+
+
+def shipyard_usable(command: list[str]) -> str | None:
     """None if `shipyard-proxy run --help` works, else why not."""
-    if not binary.exists():
-        return f"{binary} does not exist"
+    if not Path(command[0]).exists():
+        return f"{command[0]} does not exist"
     try:
         res = subprocess.run(
-            [str(binary), "run", "--help"], capture_output=True, text=True, timeout=30
+            [*command, "run", "--help"], capture_output=True, text=True, timeout=30
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{binary} run --help: {exc}"
+        return f"{command[0]} run --help: {exc}"
     if res.returncode != 0:
         last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-        return f"`{binary.name} run --help` exited {res.returncode}: {last[0]}"
+        return f"`{shlex.join(command[:2])} ... run --help` exited {res.returncode}: {last[0]}"
     return None
 
 
@@ -862,21 +915,24 @@ class Bench:
             c = Caddy("caddy", self.tmp / "caddy", base + 3, up_port)
             c.start(self.procs, self.cpus_servers)
             self.proxies["caddy"], self.ports["caddy"] = c, c.port
-        if "shipyard" in configs:
+        for offset, name in enumerate(SHIPYARD_CONFIGS):
+            if name not in configs:
+                continue
+            # shipyard-venv's ports are shipyard's plus 3.
             s = Shipyard(
-                self.args.shipyard_proxy,
-                self.tmp / "shipyard",
-                self.args.shipyard_port,
-                self.args.shipyard_https_port,
-                self.args.shipyard_metrics_port,
+                self.args.shipyard_commands[name],
+                self.tmp / name,
+                self.args.shipyard_port + 3 * offset,
+                self.args.shipyard_https_port + 3 * offset,
+                self.args.shipyard_metrics_port + 3 * offset,
             )
             s.start(self.procs, self.cpus_servers)
             took = s.deploy(up_port)
-            log(f"shipyard-proxy: deploy to upstream took {took:.2f}s")
+            log(f"{name}: deploy to upstream took {took:.2f}s")
             if not s.metrics_ok():
-                log(f"warning: shipyard-proxy metrics not served on :{s.metrics_port}/metrics")
-            self.results["shipyard_metrics_served"] = s.metrics_ok()
-            self.proxies["shipyard"], self.ports["shipyard"] = s, s.http_port
+                log(f"warning: {name} metrics not served on :{s.metrics_port}/metrics")
+            self.results.setdefault("shipyard_metrics_served", {})[name] = s.metrics_ok()
+            self.proxies[name], self.ports[name] = s, s.http_port
         # Every config must return exactly what the upstream returns before we time it.
         for name in configs:
             port = self.ports[name]
@@ -1062,6 +1118,7 @@ class Bench:
             "haproxy": "haproxy/access.log",
             "caddy": "caddy/access.log",
             "shipyard": "shipyard/access.log",
+            "shipyard-venv": "shipyard-venv/access.log",
         }
         out = {}
         for name, rel in files.items():
@@ -1257,6 +1314,7 @@ def fmt_table(results: dict[str, Any], configs: list[str]) -> str:
         "haproxy": "haproxy 1 thread",
         "caddy": "Caddy",
         "shipyard": "shipyard-proxy",
+        "shipyard-venv": "shipyard-proxy, dev venv's Python",
     }
     if tp:
         lines += [
@@ -1400,7 +1458,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def versions(shipyard: Path | None) -> dict[str, str]:
+def versions(args: argparse.Namespace) -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -1420,8 +1478,14 @@ def versions(shipyard: Path | None) -> dict[str, str]:
         ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
     out["shipyard_git"] = rev.stdout.strip() if rev.returncode == 0 else "no commit"
-    if shipyard is not None:
-        out["shipyard_proxy"] = str(shipyard)
+    for name in SHIPYARD_CONFIGS:
+        if name in args.configs:
+            command = args.shipyard_commands[name]
+            python = (
+                Path(command[0]) if name == "shipyard" else args.shipyard_proxy.parent / "python"
+            )
+            out[f"{name}_python"] = f"{python_facts(python)[2]} ({python.resolve()})"
+            out[f"{name}_command"] = shlex.join(command)
     return out
 
 
@@ -1485,9 +1549,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "port range, and away from the 18xxx ports the proxy's own tests use",
     )
     p.add_argument(
-        "--shipyard-proxy", type=Path, default=DEFAULT_SHIPYARD, help="shipyard-proxy executable"
+        "--shipyard-proxy",
+        type=Path,
+        default=DEFAULT_SHIPYARD,
+        help="the venv's shipyard-proxy script: config shipyard-venv runs it, and config "
+        "shipyard takes the packages of its venv",
     )
-    p.add_argument("--shipyard-port", type=int, default=None, help="default: base + 4")
+    p.add_argument(
+        "--shipyard-python",
+        type=Path,
+        default=DEFAULT_SHIPYARD_PYTHON,
+        help="the interpreter config shipyard runs the proxy on (the one its image ships "
+        "with; must match the venv's ABI)",
+    )
+    p.add_argument(
+        "--shipyard-port",
+        type=int,
+        default=None,
+        help="default: base + 4 (shipyard-venv's ports are shipyard's + 3)",
+    )
     p.add_argument("--shipyard-https-port", type=int, default=None, help="default: base + 5")
     p.add_argument("--shipyard-metrics-port", type=int, default=None, help="default: base + 6")
     p.add_argument(
@@ -1575,11 +1655,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
         return report(args.report)
-    if "shipyard" in args.configs:
-        why = shipyard_usable(args.shipyard_proxy)
+    args.shipyard_commands = shipyard_commands(args)
+    for name in SHIPYARD_CONFIGS:
+        why = name in args.configs and shipyard_usable(args.shipyard_commands[name])
         if why:
             raise BenchError(
-                f"shipyard-proxy is not usable: {why}\n"
+                f"{name} is not usable: {why}\n"
                 "  (measure the others with --configs direct,nginx,haproxy,caddy)"
             )
     ensure_packages()
@@ -1605,7 +1686,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "load_avg_at_start": os.getloadavg(),
-        "versions": versions(args.shipyard_proxy if "shipyard" in args.configs else None),
+        "versions": versions(args),
         "args": {
             k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
