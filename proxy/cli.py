@@ -27,6 +27,7 @@ from .flags import (
 )
 from .godur import SECOND
 from .options import (
+    ACME_DIRECTORY_ENV,
     ACME_STAGING_DIRECTORY,
     DEFAULT_BUFFER_MEMORY,
     HealthCheckConfig,
@@ -95,7 +96,9 @@ def deploy(args: ParsedArgs, prog: str) -> int:
         tls_on_demand_url=args.get_str("tls-on-demand-url"),
         tls_redirect=args.get_bool("tls-redirect"),
         canonical_host=args.get_str("canonical-host"),
-        acme_directory=ACME_STAGING_DIRECTORY if args.get_bool("tls-staging") else "",
+        acme_directory=ACME_STAGING_DIRECTORY
+        if args.get_bool("tls-staging")
+        else os.environ.get(ACME_DIRECTORY_ENV, ""),
         acme_cache_path=args.get_str("tls-acme-cache-path"),
         error_page_path=args.get_str("error-pages"),
         strip_prefix=args.get_bool("strip-path-prefix"),

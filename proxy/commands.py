@@ -163,11 +163,6 @@ class Commands:
         options, pages, context = self._prepare(raw_options, targets, readers)
         if proxy.router.conflicts(name, options.hosts, options.path_prefixes):
             raise CommandError("host settings conflict with another service")
-        if options.uses_automatic_tls():
-            proxy.logger.warn(
-                "Automatic TLS is not supported; HTTPS for this service needs a custom certificate",
-                service=name,
-            )
         proxy.logger.info(
             "Deploying",
             service=name,

@@ -26,6 +26,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from .acme import CHALLENGE_PATH
 from .bodybuffer import BodyTooLarge, SpillBuffer
 from .controllers import EXPIRED, PAUSED, REJECTED_STOPPED, RUNNING, STOPPED
 from .error_pages import CONTENT_TYPE, reason_phrase
@@ -502,8 +503,19 @@ class Exchange:
         if self.conn.https and not service.tls_enabled:
             self.respond_error(503)
             return
-        if (service.tls_enabled or service.canonical_host) and self._redirect(service, host):
-            return
+        if service.tls_enabled or service.canonical_host:
+            # ACME's HTTP-01 validation comes over plain HTTP and must not be redirected;
+            # only automatic-TLS services answer it (others pass the path to the app).
+            if (
+                self.path.startswith(CHALLENGE_PATH)
+                and service.tls_enabled
+                and service.ssl_context is None
+                and not self.conn.https
+            ):
+                self._answer_acme_challenge()
+                return
+            if self._redirect(service, host):
+                return
         if service.pause.state != RUNNING:
             self._handle_paused(service)
             return
@@ -557,6 +569,14 @@ class Exchange:
         self.resp_bytes = len(body)
         self.finish(301)
         return True
+
+    def _answer_acme_challenge(self) -> None:
+        token = self.path[len(CHALLENGE_PATH) :]
+        key_authorization = self.proxy.certificates.challenges.get(token)
+        if key_authorization is None:
+            self.respond_error(404)
+        else:
+            self._respond(200, b"text/plain", key_authorization.encode("ascii"))
 
     def _handle_paused(self, service: Service) -> None:
         if self.method in _READ_METHODS and self.routed_path == service.health_path:
@@ -1193,14 +1213,14 @@ class Exchange:
         host = conn.log_host if host_raw == conn.log_host_raw else conn.log_host_piece(host_raw)
         path = ESCAPED_TEXT.get(self.path) or escape_text(self.path)
         if target is not None and target.log_service is service:
-            placement = target.log_placements.get(status) or _log_placement(
-                service, target, status
-            )
+            placement = target.log_placements.get(status) or _log_placement(service, target, status)
         else:
             placement = _log_placement(service, target, status)
         agent = self.user_agent
-        if agent == conn.log_agent and self.version == conn.log_version and not (
-            self.x_forwarded_for
+        if (
+            agent == conn.log_agent
+            and self.version == conn.log_version
+            and not (self.x_forwarded_for)
         ):
             client = conn.log_tail
         else:

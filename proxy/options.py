@@ -18,6 +18,8 @@ from .godur import SECOND
 VALIDATION_PREFIX = "service options invalid: "
 
 ACME_STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
+# Another ACME CA for `deploy` (a private one, or a test server); --tls-staging wins.
+ACME_DIRECTORY_ENV = "SHIPYARD_PROXY_ACME_DIRECTORY"
 
 DEFAULT_HEALTH_CHECK_PATH = "/up"
 DEFAULT_HEALTH_CHECK_INTERVAL = 1 * SECOND

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import paths
+from .acme import CertificateManager
 from .commands import CommandError, Commands
 from .downstream import ClientConnection
 from .error_pages import ErrorPages
@@ -31,7 +32,7 @@ from .metrics import Metrics, start_exposition_server
 from .outbox import OUTBOX
 from .router import Router
 from .state import StateStore
-from .tls import server_context
+from .tls import TlsListener, server_context
 from .upstream import LIVE_TARGETS
 
 MAX_COMMAND_BYTES = 16 << 20
@@ -97,6 +98,7 @@ class ProxyServer:
         self.tuning = Tuning.from_environment(os.environ)
         self.shutting_down = False
         self.state = StateStore(paths.state_file_path(data_dir))
+        self.certificates = CertificateManager(data_dir, logger)
         self.commands = Commands(self)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -192,7 +194,7 @@ async def _run(config: ServerConfig, logger: JsonLogger) -> int:
     proxy.commands.restore()
 
     stop_metrics: Callable[[], None] | None = None
-    servers: list[asyncio.AbstractServer] = []
+    servers: list[asyncio.AbstractServer | TlsListener] = []
     control = ControlServer(proxy, paths.socket_path())
     try:
         if config.metrics_port:
@@ -208,15 +210,16 @@ async def _run(config: ServerConfig, logger: JsonLogger) -> int:
                 lambda: ClientConnection(proxy, "http", config.http_port), sock=http_sock
             )
         )
-        https_sock = _listen_socket(config.https_port)
-        servers.append(
-            await loop.create_server(
-                lambda: ClientConnection(proxy, "https", config.https_port),
-                sock=https_sock,
-                ssl=server_context(proxy.router, logger),
-                ssl_handshake_timeout=10,
-            )
+        https = TlsListener(
+            _listen_socket(config.https_port),
+            server_context(proxy.router, logger, proxy.certificates),
+            proxy.router,
+            proxy.certificates,
+            logger,
+            lambda: ClientConnection(proxy, "https", config.https_port),
         )
+        https.start()
+        servers.append(https)
         if config.http3:
             logger.warn("HTTP/3 is not supported; --http3 is ignored")
         await control.start()
@@ -293,7 +296,7 @@ def _expire_target_timeouts() -> None:
 
 
 async def _shutdown(
-    proxy: ProxyServer, servers: list[asyncio.AbstractServer], control: ControlServer
+    proxy: ProxyServer, servers: list[asyncio.AbstractServer | TlsListener], control: ControlServer
 ) -> None:
     """Stop accepting, close idle connections, let in-flight requests finish (bounded)."""
     proxy.shutting_down = True

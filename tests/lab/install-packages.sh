@@ -18,6 +18,7 @@ packages=(
   util-linux         # nsenter, unshare, setsid
   procps             # pgrep/ps, used by people debugging the lab
   make               # make lab-up / lab-down
+  pebble             # local ACME server (RFC 8555) for the proxy's automatic-TLS tests
   python3            # runs lab.py; tests also run small scripts inside hosts
   tar
 )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pebble_harness import PEBBLE_BINARY, Pebble
 from proxy_harness import Proxy, UpstreamServer
 
 
@@ -101,3 +102,27 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         )
     )
     return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def make_pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
+    """Start Pebble, a local ACME CA, whose VA validates HTTP-01 on ``http_port`` and
+    TLS-ALPN-01 on ``tls_port`` of 127.0.0.1 (every name resolves there); all stopped after
+    the test.  Extra keyword arguments go to :class:`Pebble` (env, validity_seconds)."""
+    if not PEBBLE_BINARY.exists():
+        pytest.fail(
+            f"{PEBBLE_BINARY} is missing; the ACME tests need Pebble: "
+            "run `sudo bash tests/lab/install-packages.sh` (Debian package `pebble`)",
+            pytrace=False,
+        )
+    created: list[Pebble] = []
+
+    def factory(http_port: int, tls_port: int, **kwargs: object) -> Pebble:
+        workdir = tmp_path / f"pebble{len(created)}"
+        instance = Pebble(http_port, tls_port, workdir, start=False, **kwargs)  # type: ignore[arg-type]
+        created.append(instance)
+        return instance.start()
+
+    yield factory
+    for instance in created:
+        instance.stop()

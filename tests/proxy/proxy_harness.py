@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 CLI = [sys.executable, "-m", "shipyard.proxy.cli"]
 WAIT = 15.0  # generous: tests wait for conditions, never assert on elapsed time
+UNREACHABLE_ACME_DIRECTORY = "https://127.0.0.1:9/directory"  # the discard port: refused
 
 
 def free_port() -> int:
@@ -328,6 +329,14 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             code, query.get("body", "").encode(), content_type=query.get("type", "text/plain")
         )
 
+    def route_allow(self, query: dict[str, str], body: bytes) -> None:
+        """An on-demand TLS approval endpoint."""
+        host = query.get("host", "")
+        if host in self.server.allowed_hosts:
+            self._send(200, b"ok")
+        else:
+            self._send(403, f"denied {host}".encode())
+
     def route_big(self, query: dict[str, str], body: bytes) -> None:
         size = int(query.get("n", "0"))
         self._send(200, b"x" * size)
@@ -461,6 +470,7 @@ class UpstreamServer(ThreadingHTTPServer):
         self.health_checks: list[dict[str, str]] = []
         self.requests: list[Seen] = []
         self.extra_headers: dict[str, str] = {}
+        self.allowed_hosts: set[str] = set()  # /allow?host=X answers 200 for these, else 403
         self.release = threading.Event()
         self.slow_started = threading.Event()
         self.websockets: list[socket.socket] = []
@@ -562,6 +572,8 @@ class Proxy:
             KAMAL_PROXY_SOCKET=str(self.socket_path),
             PYTHONUNBUFFERED="1",
             SHIPYARD_PROXY_SHUTDOWN_TIMEOUT="5s",
+            # Automatic TLS must never reach a real CA from a test: nothing listens here.
+            SHIPYARD_PROXY_ACME_DIRECTORY=UNREACHABLE_ACME_DIRECTORY,
         )
         env.update(self.extra_env)
         return env

@@ -175,7 +175,9 @@ def test_canonical_host_redirect(
     assert (response.status, response.header("Location")) == (301, "http://example.com/a?b=c")
     assert proxy.get("/", host="example.com").status == 200
     cert = certificate[0]
-    tls_deploy(proxy, app, certificate, host="example.com,www.example.com", canonical_host="example.com")
+    tls_deploy(
+        proxy, app, certificate, host="example.com,www.example.com", canonical_host="example.com"
+    )
     response = proxy.get("/", host="www.example.com")
     assert response.header("Location") == "https://example.com/"  # one redirect for both reasons
     secure = request(
@@ -211,9 +213,12 @@ def test_automatic_tls_cannot_use_wildcards(proxy: Proxy, app: UpstreamServer) -
     assert result.stderr == "Error: automatic TLS does not support wildcards\n"
 
 
-def test_automatic_tls_is_accepted_but_fails_cleanly(proxy: Proxy, app: UpstreamServer) -> None:
-    """No ACME here: the deploy works (so redirects do), the handshake fails with a log line."""
-    proxy.deploy("web", app.address, host="example.com", tls=True, tls_staging=True)
+def test_automatic_tls_without_a_reachable_ca_fails_the_handshake_cleanly(
+    proxy: Proxy, app: UpstreamServer
+) -> None:
+    """The harness points ACME at a closed local port: the deploy works (so redirects do),
+    the handshake fails, and the log says why; plain HTTP keeps answering."""
+    proxy.deploy("web", app.address, host="example.com", tls=True)
     assert proxy.get("/").status == 301
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -223,9 +228,16 @@ def test_automatic_tls_is_accepted_but_fails_cleanly(proxy: Proxy, app: Upstream
         pytest.raises(ssl.SSLError),
     ):
         ctx.wrap_socket(raw, server_hostname="example.com")
-    entry = proxy.wait_for_log(
-        "Automatic TLS is not supported; deploy with --tls-certificate-path and --tls-private-key-path"
-    )
+    entry = proxy.wait_for_log("TLS handshake error", host="example.com", service="web")
     assert entry["level"] == "ERROR"
+    assert entry["error"].startswith("no certificate: example.com: ConnectionError"), entry
     assert "\x1b[myes\x1b[0m" in proxy.cli("list", check=True).stdout
     assert proxy.get("/up").status == 301  # still answering on plain HTTP
+
+
+def test_acme_challenge_path_is_the_apps_when_the_certificate_is_custom(
+    proxy: Proxy, app: UpstreamServer, certificate: tuple[str, str]
+) -> None:
+    """Only automatic-TLS services answer HTTP-01; here the path takes the usual redirect."""
+    tls_deploy(proxy, app, certificate)
+    assert proxy.get("/.well-known/acme-challenge/x", host="example.com").status == 301

@@ -1,0 +1,371 @@
+"""Automatic TLS: certificates from an ACME CA (Let's Encrypt unless told otherwise).
+
+Behaves like Go's ``autocert`` as kamal-proxy uses it: a certificate is obtained on the
+first handshake for a name (the handshake waits for it), kept in a cache directory in
+autocert's layout so an existing ``kamal-proxy-config`` volume keeps working, and renewed
+in the background 30 days before it expires.  The account agrees to the CA's terms and has
+no contact e-mail.  Only the HTTP-01 challenge is answered (``/.well-known/acme-challenge/``
+on the HTTP port, see exchange.py); see proxy/README.md for why not TLS-ALPN-01.
+
+The ACME protocol itself is certbot's ``acme`` library.  It is synchronous (requests), so
+each issuance runs in a worker thread.  It and ``cryptography`` are imported only when a
+certificate is needed, which keeps them out of the memory of a proxy that never uses
+automatic TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from .logs import JsonLogger
+    from .service import Service
+
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
+ACCOUNT_KEY_FILE = "acme_account+key"  # autocert's name
+RENEW_BEFORE = datetime.timedelta(days=30)  # autocert's default
+ISSUE_TIMEOUT = 90.0  # seconds: the acme library's own default deadline
+RETRY_AFTER_FAILURE = 60.0  # seconds before a failed name is tried again
+ON_DEMAND_TIMEOUT = 2.0  # seconds, as kamal-proxy's on-demand check
+
+
+class AcmeError(Exception):
+    """A certificate could not be obtained; the message says why."""
+
+
+@dataclass
+class Certificate:
+    context: ssl.SSLContext
+    not_after: datetime.datetime
+    path: Path  # the cache file
+    directory_url: str  # the CA it came from, and renews from
+
+    def due_for_renewal(self) -> bool:
+        return self.not_after - datetime.datetime.now(datetime.UTC) < RENEW_BEFORE
+
+
+def cache_dir_for(acme_cache_path: str, acme_directory: str, data_dir: str) -> Path:
+    """autocert's layout: ``<cache path>/<sha256 hex of the directory URL as configured>``
+    (the empty string for Let's Encrypt production, as kamal-proxy configures it)."""
+    base = Path(acme_cache_path or os.path.join(data_dir, "certs"))
+    return base / hashlib.sha256(acme_directory.encode()).hexdigest()
+
+
+def load_cached(path: Path, directory_url: str) -> Certificate | None:
+    """A certificate from a cache file (PEM private key and chain in one file), or None if
+    there is none or it has expired.  A damaged file is treated as missing."""
+    from cryptography import x509
+
+    try:
+        pem = path.read_bytes()
+        leaf = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE-----") :])
+        context = _context(path)
+    except (OSError, ValueError, ssl.SSLError):
+        return None
+    not_after = leaf.not_valid_after_utc
+    if not_after <= datetime.datetime.now(datetime.UTC):
+        return None
+    return Certificate(context, not_after, path, directory_url)
+
+
+def _context(path: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(path)
+    return context
+
+
+class CertificateManager:
+    """The proxy's automatic certificates, by host name, shared by every service."""
+
+    def __init__(self, data_dir: str, logger: JsonLogger) -> None:
+        self.data_dir = data_dir
+        self.logger = logger
+        # HTTP-01 tokens being validated right now: token -> key authorization.
+        self.challenges: dict[str, str] = {}
+        self._ready: dict[str, Certificate] = {}
+        self._pending: dict[str, asyncio.Future[Certificate]] = {}
+        self._failed: dict[str, tuple[float, str]] = {}
+
+    def ready_context(self, name: str) -> ssl.SSLContext | None:
+        """The context for ``name`` if its certificate is in memory (the handshake's path).
+        Starts a background renewal when it is due."""
+        cert = self._ready.get(name)
+        if cert is None:
+            return None
+        if cert.due_for_renewal() and name not in self._pending:
+            self._pending[name] = asyncio.ensure_future(self._renew(name, cert))
+        return cert.context
+
+    async def ensure(self, name: str, service: Service) -> None:
+        """Make ``ready_context(name)`` answer: from the cache directory, or from the CA
+        (after the on-demand check, for an on-demand service).  Raises AcmeError."""
+        if name in self._ready:
+            return
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._obtain(name, service))
+            self._pending[name] = pending
+            pending.add_done_callback(lambda _f: self._pending.pop(name, None))
+        cert = await asyncio.shield(pending)
+        self._ready[name] = cert
+
+    async def _obtain(self, name: str, service: Service) -> Certificate:
+        options = service.options
+        cache_dir = cache_dir_for(options.acme_cache_path, options.acme_directory, self.data_dir)
+        directory_url = options.acme_directory or LETS_ENCRYPT_DIRECTORY
+        cached = load_cached(cache_dir / name, directory_url)
+        if cached is not None and not cached.due_for_renewal():
+            return cached
+        failed = self._failed.get(name)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise AcmeError(failed[1])
+        if options.tls_on_demand_url and cached is None:
+            await self._check_on_demand(name, service)
+        try:
+            return await self._issue(name, cache_dir / name, directory_url)
+        except AcmeError as exc:
+            if cached is not None:  # still valid: keep serving it, renew later
+                self.logger.warn("Certificate renewal failed", host=name, error=str(exc))
+                return cached
+            self._failed[name] = (time.monotonic() + RETRY_AFTER_FAILURE, str(exc))
+            raise
+
+    async def _renew(self, name: str, cert: Certificate) -> Certificate:
+        try:
+            renewed = await self._issue(name, cert.path, cert.directory_url)
+        except AcmeError as exc:
+            self.logger.warn("Certificate renewal failed", host=name, error=str(exc))
+            return cert
+        finally:
+            self._pending.pop(name, None)
+        self._ready[name] = renewed
+        return renewed
+
+    async def _issue(self, name: str, path: Path, directory_url: str) -> Certificate:
+        self.logger.info("Requesting certificate", host=name, directory=directory_url)
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(
+                    None, issue_certificate, directory_url, path, name, self.challenges
+                ),
+                ISSUE_TIMEOUT + 5,
+            )
+        except TimeoutError:
+            raise AcmeError(f"no certificate for {name} within {ISSUE_TIMEOUT:.0f}s") from None
+        cert = load_cached(path, directory_url)
+        if cert is None:
+            raise AcmeError(f"the certificate written for {name} cannot be loaded")
+        self.logger.info(
+            "Certificate obtained",
+            host=name,
+            expires=cert.not_after.isoformat(),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return cert
+
+    async def _check_on_demand(self, name: str, service: Service) -> None:
+        """kamal-proxy's on-demand check: only a 200 from ``<url>?host=<name>`` allows it."""
+        url = on_demand_url(service.options.tls_on_demand_url, name)
+        if url.startswith("/"):
+            status, body = await _ask_service(service, name, url)
+        else:
+            loop = asyncio.get_running_loop()
+            status, body = await loop.run_in_executor(None, _fetch_no_redirects, url)
+        if status != 200:
+            self.logger.warn(
+                "TLS on-demand check denied host",
+                host=name,
+                status=status,
+                body=body[:256].decode("utf-8", "replace"),
+            )
+            raise AcmeError(f"the TLS on-demand check denied {name} (status {status})")
+
+
+def on_demand_url(url: str, name: str) -> str:
+    """``url`` with ``host=<name>`` added to its query, keys sorted (Go's Query.Encode)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = sorted([*query, ("host", name)], key=lambda kv: kv[0])
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+async def _ask_service(service: Service, name: str, path_and_query: str) -> tuple[int, bytes]:
+    """A path on-demand URL goes to the service itself, over plain HTTP, with Host <name>.
+    A paused or stopped service denies (as a request to it would wait or get 503)."""
+    from .controllers import RUNNING
+
+    if service.pause.state != RUNNING:
+        return 503, b"service is paused or stopped"
+    target = service.active.pick(True) if service.active is not None else None
+    if target is None:
+        return 503, b"no healthy target"
+    host, _, port = target.address.rpartition(":")
+    request = (
+        f"GET {path_and_query} HTTP/1.1\r\nHost: {name}\r\nX-Forwarded-Proto: http\r\n"
+        "User-Agent: shipyard-proxy\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+    try:
+        async with asyncio.timeout(ON_DEMAND_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            try:
+                writer.write(request)
+                response = b""
+                while len(response) < 64 * 1024:  # the status and the start of the body
+                    chunk = await reader.read(64 * 1024)
+                    if not chunk:
+                        break
+                    response += chunk
+            finally:
+                writer.close()
+    except (OSError, TimeoutError) as exc:
+        return 502, str(exc).encode()
+    head, _, body = response.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 502, response[:256]
+    return status, body
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _fetch_no_redirects(url: str) -> tuple[int, bytes]:
+    opener = urllib.request.build_opener(_NoRedirects)
+    try:
+        with opener.open(url, timeout=ON_DEMAND_TIMEOUT) as response:
+            return int(response.status), response.read(256)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(256)
+    except (OSError, ValueError) as exc:
+        return 0, str(exc).encode()
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def issue_certificate(
+    directory_url: str, path: Path, name: str, challenges: dict[str, str]
+) -> None:
+    """Get a certificate for ``name`` from the ACME CA (blocking; a worker thread) and write
+    it to ``path``, next to the account key.  While the CA validates, ``challenges`` maps
+    the HTTP-01 token to its key authorization, which the HTTP listener serves.  Every
+    failure is an AcmeError that says what went wrong."""
+    from acme import challenges as acme_challenges
+    from acme import client, crypto_util, errors, messages
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from josepy.jwa import ES256
+    from josepy.jwk import JWKEC
+
+    tokens: list[str] = []
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        jwk = JWKEC(key=_load_or_create_key(path.parent / ACCOUNT_KEY_FILE))
+        net = client.ClientNetwork(jwk, alg=ES256, user_agent="shipyard-proxy")
+        acme = client.ClientV2(client.ClientV2.get_directory(directory_url, net), net)
+        registration = messages.NewRegistration.from_data(terms_of_service_agreed=True)
+        try:
+            acme.new_account(registration)
+        except errors.ConflictError as exists:  # the key already has an account
+            acme.query_registration(
+                messages.RegistrationResource(uri=exists.location, body=registration)
+            )
+        cert_key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = _pem(cert_key)
+        order = acme.new_order(crypto_util.make_csr(key_pem, [name]))
+        for authorization in order.authorizations:
+            if authorization.body.status == messages.STATUS_VALID:
+                continue
+            http01 = [
+                c
+                for c in authorization.body.challenges
+                if isinstance(c.chall, acme_challenges.HTTP01)
+            ]
+            if not http01:
+                raise AcmeError(f"the CA offers no HTTP-01 challenge for {name}")
+            response, validation = http01[0].response_and_validation(jwk)
+            token = http01[0].chall.encode("token")
+            challenges[token] = validation
+            tokens.append(token)
+            acme.answer_challenge(http01[0], response)
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=ISSUE_TIMEOUT)
+        order = acme.poll_and_finalize(order, deadline)
+        _write_private(path, _pem(cert_key, traditional=True) + order.fullchain_pem.encode())
+    except errors.ValidationError as exc:
+        problems = [
+            str(challenge.error)
+            for authz in exc.failed_authzrs
+            for challenge in authz.body.challenges
+            if challenge.error is not None
+        ]
+        raise AcmeError(f"{name}: validation failed: {'; '.join(problems) or exc}") from None
+    except AcmeError:
+        raise
+    except Exception as exc:  # the CA's problem documents, network and file-system errors
+        raise AcmeError(f"{name}: {type(exc).__name__}: {exc}") from None
+    finally:
+        for token in tokens:
+            challenges.pop(token, None)
+
+
+def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write_private(path, _pem(key, traditional=True))
+        return key
+    except ValueError as exc:
+        raise AcmeError(f"{path}: not a usable account key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise AcmeError(f"{path}: the account key is not an ECDSA key")
+    return key
+
+
+def _pem(key: ec.EllipticCurvePrivateKey, traditional: bool = False) -> bytes:
+    """PKCS#8 for the CSR; "EC PRIVATE KEY" (what autocert writes) for the cache."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL
+        if traditional
+        else serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically with mode 0600, as autocert's DirCache does."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,245 @@
+"""Automatic TLS against a real ACME server (Pebble, local): issuance on the first
+handshake over HTTP-01, the autocert cache layout, restarts from the cache, renewal, and
+on-demand TLS."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import hashlib
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pebble_harness import Pebble
+from proxy_harness import Proxy, UpstreamServer, request
+
+from shipyard.proxy.acme import on_demand_url
+from shipyard.proxy.tls import IncompleteHello, client_hello_server_name
+
+MakeProxy = Callable[..., Proxy]
+MakePebble = Callable[[int, int], Pebble]
+
+
+# --- pieces that need no servers ------------------------------------------------------------
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """The first flight of a real TLS client (the ssl module), as it would arrive."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_server_name_is_read_from_a_real_client_hello() -> None:
+    assert client_hello_server_name(client_hello("App.Example.com")) == "app.example.com"
+    assert client_hello_server_name(client_hello(None)) == ""
+    assert client_hello_server_name(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
+    hello = client_hello("app.example.com")
+    with pytest.raises(IncompleteHello):
+        client_hello_server_name(hello[: len(hello) // 2])
+
+
+def test_on_demand_url_adds_the_host_and_sorts_the_query() -> None:
+    assert on_demand_url("/allow?token=abc", "a.com") == "/allow?host=a.com&token=abc"
+    assert (
+        on_demand_url("https://auth.example/ok?z=1&a=2", "b.com")
+        == "https://auth.example/ok?a=2&host=b.com&z=1"
+    )
+
+
+# --- against Pebble -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def acme_proxy(make_proxy: MakeProxy, make_pebble: MakePebble) -> tuple[Proxy, Pebble]:
+    """A proxy whose ACME CA is a fresh Pebble, validating on the proxy's own ports."""
+    proxy = make_proxy(start=False)
+    pebble = make_pebble(proxy.http_port, proxy.https_port)
+    proxy.extra_env.update(
+        SHIPYARD_PROXY_ACME_DIRECTORY=pebble.directory_url,
+        REQUESTS_CA_BUNDLE=str(pebble.ca_bundle),  # the ACME client trusts Pebble's API
+    )
+    return proxy.start(), pebble
+
+
+def verifying_context(pebble: Pebble) -> ssl.SSLContext:
+    """A client that trusts only Pebble's issuing root, and checks the host name."""
+    return ssl.create_default_context(cadata=pebble.issuer_roots_pem())
+
+
+def https_get(proxy: Proxy, name: str, ctx: ssl.SSLContext, path: str = "/") -> str:
+    response = request(proxy.https_port, path, host=name, tls=ctx, server_hostname=name)
+    assert response.status == 200, response
+    return response.text
+
+
+def cache_dir(proxy: Proxy, pebble: Pebble) -> Path:
+    digest = hashlib.sha256(pebble.directory_url.encode()).hexdigest()
+    return proxy.home / ".config" / "kamal-proxy" / "certs" / digest
+
+
+def test_first_handshake_gets_a_certificate_and_caches_it(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    proxy.deploy("web", app.address, host="app.test,www.app.test", tls=True)
+    ctx = verifying_context(pebble)
+    assert https_get(proxy, "app.test", ctx) == "first"
+    assert https_get(proxy, "www.app.test", ctx) == "first"
+
+    folder = cache_dir(proxy, pebble)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "acme_account+key",
+        "app.test",
+        "www.app.test",
+    ]
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for file in folder.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o600
+    cached = (folder / "app.test").read_bytes()
+    assert cached.startswith(b"-----BEGIN EC PRIVATE KEY-----")  # autocert's layout
+    leaf = x509.load_pem_x509_certificate(cached[cached.index(b"-----BEGIN CERTIFICATE") :])
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["app.test"]
+    entry = proxy.wait_for_log("Certificate obtained", host="app.test")
+    assert entry["level"] == "INFO"
+    # The HTTP-01 token is gone once validated; HTTP still redirects everything else.
+    assert proxy.get("/.well-known/acme-challenge/unknown", host="app.test").status == 404
+    assert proxy.get("/", host="app.test").status == 301
+
+
+def test_concurrent_first_handshakes_share_one_order(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    proxy.deploy("web", app.address, host="app.test", tls=True)
+    ctx = verifying_context(pebble)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        bodies = list(pool.map(lambda _: https_get(proxy, "app.test", ctx), range(6)))
+    assert bodies == ["first"] * 6
+    requested = [e for e in proxy.logs() if e.get("msg") == "Requesting certificate"]
+    assert [e["host"] for e in requested] == ["app.test"]
+
+
+def test_a_restart_serves_the_cached_certificate_without_the_ca(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    proxy.deploy("web", app.address, host="app.test", tls=True)
+    ctx = verifying_context(pebble)
+    assert https_get(proxy, "app.test", ctx) == "first"
+    pebble.stop()  # from now on the CA is gone
+    proxy.stop()
+    proxy.start()
+    assert https_get(proxy, "app.test", ctx) == "first"
+    assert not [e for e in proxy.logs() if e.get("msg") == "Requesting certificate"]
+
+
+def write_cached(path: Path, name: str, days_left: int) -> None:
+    """A self-signed certificate for ``name`` in autocert's cache format."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=60))
+        .not_valid_after(now + datetime.timedelta(days=days_left))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def test_a_cached_certificate_near_expiry_is_renewed(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    write_cached(cache_dir(proxy, pebble) / "app.test", "app.test", days_left=10)
+    proxy.deploy("web", app.address, host="app.test", tls=True)
+    # Pebble's chain verifies, the planted self-signed one would not.
+    assert https_get(proxy, "app.test", verifying_context(pebble)) == "first"
+    proxy.wait_for_log("Certificate obtained", host="app.test")
+
+
+def test_a_cached_certificate_far_from_expiry_is_used_as_is(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    write_cached(cache_dir(proxy, pebble) / "app.test", "app.test", days_left=80)
+    proxy.deploy("web", app.address, host="app.test", tls=True)
+    ctx = ssl.create_default_context(cafile=str(cache_dir(proxy, pebble) / "app.test"))
+    assert https_get(proxy, "app.test", ctx) == "first"
+    assert not [e for e in proxy.logs() if e.get("msg") == "Requesting certificate"]
+
+
+def test_on_demand_tls_asks_the_service_before_issuing(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    app.allowed_hosts = {"good.test"}
+    proxy.deploy("web", app.address, tls=True, tls_on_demand_url="/allow?token=abc")
+    assert https_get(proxy, "good.test", verifying_context(pebble)) == "first"
+    check = next(seen for seen in app.requests if seen.path.startswith("/allow"))
+    assert check.path == "/allow?host=good.test&token=abc"
+    assert check.headers["Host"] == "good.test"
+    assert check.headers["X-Forwarded-Proto"] == "http"
+
+    with pytest.raises(ssl.SSLError):
+        request(
+            proxy.https_port,
+            "/",
+            host="bad.test",
+            tls=verifying_context(pebble),
+            server_hostname="bad.test",
+        )
+    denied = proxy.wait_for_log("TLS on-demand check denied host", host="bad.test")
+    assert (denied["level"], denied["status"], denied["body"]) == ("WARN", 403, "denied bad.test")
+    assert not (cache_dir(proxy, pebble) / "bad.test").exists()
+
+
+def test_on_demand_tls_with_an_absolute_url_takes_only_a_200(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    app.allowed_hosts = {"good.test"}
+    proxy.deploy("web", app.address, tls=True, tls_on_demand_url=f"http://{app.address}/allow")
+    assert https_get(proxy, "good.test", verifying_context(pebble)) == "first"
+    # A redirect is a denial, not followed.
+    proxy.deploy(
+        "web", app.address, tls=True, tls_on_demand_url=f"http://{app.address}/status?code=302"
+    )
+    with pytest.raises(ssl.SSLError):
+        request(
+            proxy.https_port,
+            "/",
+            host="other.test",
+            tls=verifying_context(pebble),
+            server_hostname="other.test",
+        )
+    denied = proxy.wait_for_log("TLS on-demand check denied host", host="other.test")
+    assert denied["status"] == 302
+    checks = [seen.path for seen in app.requests if not seen.path.startswith("/up")]
+    assert checks == ["/allow?host=good.test", "/", "/status?code=302&host=other.test"]
