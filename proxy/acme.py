@@ -71,24 +71,18 @@ def load_cached(path: Path, directory_url: str) -> Certificate | None:
     there is none or it has expired.  A damaged file is treated as missing."""
     from cryptography import x509
 
+    from .tls import CertificateError, load_certificate
+
     try:
         pem = path.read_bytes()
         leaf = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE-----") :])
-        context = _context(path)
-    except (OSError, ValueError, ssl.SSLError):
+        context = load_certificate(str(path))
+    except (OSError, ValueError, CertificateError):
         return None
     not_after = leaf.not_valid_after_utc
     if not_after <= datetime.datetime.now(datetime.UTC):
         return None
     return Certificate(context, not_after, path, directory_url)
-
-
-def _context(path: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(path)
-    return context
 
 
 class CertificateManager:

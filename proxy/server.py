@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .acme import CertificateManager
@@ -32,8 +32,11 @@ from .metrics import Metrics, start_exposition_server
 from .outbox import OUTBOX
 from .router import Router
 from .state import StateStore
-from .tls import TlsListener, server_context
+from .tls import AlpnSwitch, TlsListener, server_context
 from .upstream import LIVE_TARGETS
+
+if TYPE_CHECKING:
+    from .http2 import Http2Connection
 
 MAX_COMMAND_BYTES = 16 << 20
 
@@ -89,7 +92,7 @@ class ProxyServer:
         # Request log lines are appended here; the sweep writes them every 50 ms.
         self.log_lines = logger.pending
         self.error_pages = ErrorPages.builtin()
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnection | Http2Connection] = set()
         # Objects with an ``on_deadline()`` and the monotonic time it is due: one sweep
         # serves the connection timeouts (a slow header read, idle keep-alive), which is far
         # cheaper than creating and cancelling loop timers.  --target-timeout needs no entry
@@ -107,6 +110,13 @@ class ProxyServer:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _http2_connection(proxy: ProxyServer, port: int) -> asyncio.Protocol:
+    # Imported on the first HTTP/2 client: the h2 library stays out of a proxy that has none.
+    from .http2 import Http2Connection
+
+    return Http2Connection(proxy, port)
 
 
 class StartupError(Exception):
@@ -216,7 +226,10 @@ async def _run(config: ServerConfig, logger: JsonLogger) -> int:
             proxy.router,
             proxy.certificates,
             logger,
-            lambda: ClientConnection(proxy, "https", config.https_port),
+            lambda: AlpnSwitch(
+                lambda: ClientConnection(proxy, "https", config.https_port),
+                lambda: _http2_connection(proxy, config.https_port),
+            ),
         )
         https.start()
         servers.append(https)

@@ -34,7 +34,8 @@ class CertificateError(Exception):
     pass
 
 
-def load_certificate(cert_path: str, key_path: str) -> ssl.SSLContext:
+def load_certificate(cert_path: str, key_path: str | None = None) -> ssl.SSLContext:
+    """A context serving one certificate (its key may be in the same file)."""
     context = _server_context()
     try:
         context.load_cert_chain(cert_path, key_path)
@@ -46,8 +47,29 @@ def load_certificate(cert_path: str, key_path: str) -> ssl.SSLContext:
 def _server_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
+    # kamal-proxy also offers acme-tls/1; see proxy/README.md on TLS-ALPN-01.
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
+
+
+class AlpnSwitch(asyncio.Protocol):
+    """The protocol of a new HTTPS connection until its handshake is done: then it hands
+    the transport to HTTP/2 or HTTP/1.1, whichever the client and ALPN settled on."""
+
+    def __init__(
+        self,
+        http1: Callable[[], asyncio.Protocol],
+        http2: Callable[[], asyncio.Protocol],
+    ) -> None:
+        self.http1 = http1
+        self.http2 = http2
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol = self.http2() if chosen == "h2" else self.http1()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 def service_for_name(router: Router, server_name: str) -> tuple[str, Service | None]:
