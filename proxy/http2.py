@@ -1,22 +1,13 @@
 """HTTP/2 for clients that negotiate ``h2`` over TLS (ALPN), as kamal-proxy offers it.
 
-Each HTTP/2 stream is replayed as one HTTP/1.1 request on its own in-memory client
-connection (``StreamConnection``, a ClientConnection), so routing, pause/stop, buffering,
-limits, error pages, logs and metrics are exactly those of HTTP/1.1; upstreams always get
-HTTP/1.1, as in kamal-proxy.  The HTTP/1.1 response that connection writes is parsed back
-(httptools) into HEADERS and DATA frames.  The framing, HPACK and flow control are the
-``h2`` library's.
-
-Flow control both ways: a stream's request body is acknowledged to the client (which lets
-it send more) only while its connection reads, and a response the client is slow to take
-pauses the upstream once ``HIGH_WATER`` bytes wait for window.
+Each stream becomes an HTTP/1.1 request (streams.py); this module is the HTTP/2 side: the
+``h2`` library's framing, HPACK and flow control over the TLS transport.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import h2.config
@@ -24,35 +15,18 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-from httptools import HttpRequestParser, HttpResponseParser
 
-from .downstream import ClientConnection
 from .outbox import OUTBOX
+from .streams import Stream, StreamGone
 
 if TYPE_CHECKING:
     from .server import ProxyServer
 
-HIGH_WATER = 256 * 1024  # response bytes waiting for window before the upstream pauses
-LOW_WATER = 64 * 1024
-
-# Connection-specific fields (RFC 9113 §8.2.2): never sent in HTTP/2, and the HTTP/1.1
-# request we build sets its own framing.
-_CONNECTION_SPECIFIC = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-        b"host",
-        b"expect",
-    }
-)
-
 
 class Http2Connection(asyncio.Protocol):
     """One TLS client connection speaking HTTP/2."""
+
+    http_version = "2.0"
 
     def __init__(self, proxy: ProxyServer, port: int) -> None:
         self.proxy = proxy
@@ -128,6 +102,47 @@ class Http2Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.close()
 
+    # --- what a Stream uses (streams.Multiplexer) ---------------------------------------
+
+    def client_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+    def send_head(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+
+    def window(self, stream_id: int) -> int:
+        try:
+            window = self.h2.local_flow_control_window(stream_id)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+        return min(window, self.h2.max_outbound_frame_size)
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        try:
+            self.h2.send_data(stream_id, data)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+
+    def end_stream(self, stream_id: int) -> None:
+        try:
+            self.h2.end_stream(stream_id)
+        except h2.exceptions.StreamClosedError:
+            raise StreamGone from None
+
+    def reset_stream(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the client closed it already
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.acknowledge_received_data(size, stream_id)
+
+    def flush(self) -> None:
+        self.send()
+
     # --- output -------------------------------------------------------------------------
 
     def send(self) -> None:
@@ -158,267 +173,3 @@ class Http2Connection(asyncio.Protocol):
             self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
             self.send()
             self.close()
-
-
-class Stream(asyncio.Transport):
-    """One HTTP/2 stream, and the transport its StreamConnection writes its response to."""
-
-    def __init__(self, conn: Http2Connection, stream_id: int) -> None:
-        super().__init__()
-        self.conn = conn
-        self.id = stream_id
-        self.client = StreamConnection(conn.proxy, conn.port)
-        self.chunked_request = False
-        self.unacknowledged = 0  # request body bytes not yet credited back to the client
-        self.response = HttpResponseParser(self)
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.head_only = False
-        self.headers_sent = False
-        self.body: list[bytes] = []
-        self.body_size = 0
-        self.response_complete = False
-        self.done = False
-        self.closing = False
-        self.upstream_paused = False
-        self.reading = True
-
-    # --- request: HTTP/2 in, HTTP/1.1 to the StreamConnection --------------------------
-
-    def request_head(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        pseudo: dict[bytes, bytes] = {}
-        fields: list[bytes] = []
-        cookies: list[bytes] = []
-        host = b""
-        length: bytes | None = None
-        for name, value in headers:
-            if name.startswith(b":"):
-                pseudo[name] = value
-            elif name == b"cookie":
-                cookies.append(value)  # HTTP/2 may split them; HTTP/1.1 wants one field
-            elif name == b"host":
-                host = value
-            elif name == b"content-length":
-                length = value
-            elif name not in _CONNECTION_SPECIFIC:
-                fields += (name, b": ", value, b"\r\n")
-        method = pseudo.get(b":method", b"GET")
-        self.head_only = method == b"HEAD"
-        if method == b"CONNECT":
-            self.reply_status(405)
-            return
-        head = [
-            method,
-            b" ",
-            pseudo.get(b":path", b"/"),
-            b" HTTP/1.1\r\nHost: ",
-            pseudo.get(b":authority") or host,
-            b"\r\n",
-            *fields,
-        ]
-        if cookies:
-            head += (b"cookie: ", b"; ".join(cookies), b"\r\n")
-        if length is not None:
-            head += (b"content-length: ", length, b"\r\n")
-        elif not ended:
-            self.chunked_request = True
-            head.append(b"transfer-encoding: chunked\r\n")
-        # One request per StreamConnection: it closes once the response is written.
-        head.append(b"connection: close\r\n\r\n")
-        self.client.connection_made(self)
-        self.client.data_received(b"".join(head))
-
-    def request_data(self, data: bytes, flow_controlled: int) -> None:
-        if self.done:
-            self._acknowledge(flow_controlled)
-            return
-        self.unacknowledged += flow_controlled
-        if data:
-            self.client.data_received(
-                b"%x\r\n%s\r\n" % (len(data), data) if self.chunked_request else data
-            )
-        if self.reading:
-            self._acknowledge(self.unacknowledged)
-            self.unacknowledged = 0
-
-    def request_end(self) -> None:
-        if self.chunked_request and not self.done:
-            self.client.data_received(b"0\r\n\r\n")
-
-    def _acknowledge(self, size: int) -> None:
-        if size and not self.done:
-            self.conn.h2.acknowledge_received_data(size, self.id)
-            self.conn.send()
-
-    def reply_status(self, status: int) -> None:
-        self.conn.h2.send_headers(self.id, [(b":status", b"%d" % status)], end_stream=True)
-        self.conn.send()
-        self.done = True
-        self.conn.stream_done(self.id)
-
-    # --- the transport the StreamConnection sees ------------------------------------
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.conn.transport.get_extra_info(name, default)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closing or self.done:
-            return
-        try:
-            self.response.feed_data(bytes(data))
-        except Exception as exc:  # our own HTTP/1.1 output; never expected to be malformed
-            self.conn.proxy.logger.error("HTTP/2 response translation failed", error=repr(exc))
-            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-
-    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
-        self.write(b"".join(chunks))
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-        if self.unacknowledged:
-            self._acknowledge(self.unacknowledged)
-            self.unacknowledged = 0
-
-    def close(self) -> None:
-        """The StreamConnection is done: the response ends here (a response framed by the
-        end of the connection ends the same way); without a head there is nothing to end."""
-        if self.closing:
-            return
-        self.closing = True
-        if self.headers_sent:
-            self.response_complete = True
-            self.send_body()
-        else:
-            self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-        asyncio.get_running_loop().call_soon(self.client.connection_lost, None)
-
-    def abort(self) -> None:
-        """A response cut short (the upstream failed mid-body): reset the stream."""
-        if self.closing:
-            return
-        self.closing = True
-        self.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-        asyncio.get_running_loop().call_soon(self.client.connection_lost, None)
-
-    # --- response: HTTP/1.1 from the StreamConnection, HTTP/2 to the client ---------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name not in _CONNECTION_SPECIFIC:
-            self.response_headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.response.get_status_code()
-        if status < 200:  # interim responses are not passed on
-            self.response_headers = []
-            return
-        try:
-            self.conn.h2.send_headers(
-                self.id, [(b":status", b"%d" % status), *self.response_headers]
-            )
-        except h2.exceptions.StreamClosedError:
-            self.client_gone()
-            return
-        self.headers_sent = True
-        self.response_headers = []
-        if self.head_only:
-            self.on_message_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if self.head_only:
-            return
-        self.body.append(body)
-        self.body_size += len(body)
-        self.send_body()
-
-    def on_message_complete(self) -> None:
-        if not self.headers_sent or self.response_complete:
-            return
-        self.response_complete = True
-        self.send_body()
-
-    def send_body(self) -> None:
-        """Send what the client's window allows; end the stream when all is sent."""
-        if self.done:
-            return
-        h2conn = self.conn.h2
-        try:
-            while self.body:
-                window = min(
-                    h2conn.local_flow_control_window(self.id), h2conn.max_outbound_frame_size
-                )
-                if window <= 0:
-                    break
-                chunk = self.body[0]
-                if len(chunk) > window:
-                    self.body[0] = chunk[window:]
-                    chunk = chunk[:window]
-                else:
-                    self.body.pop(0)
-                self.body_size -= len(chunk)
-                h2conn.send_data(self.id, chunk)
-            if self.response_complete and not self.body:
-                h2conn.end_stream(self.id)
-                self.done = True
-                self.conn.stream_done(self.id)
-        except h2.exceptions.StreamClosedError:  # the client reset it meanwhile
-            self.client_gone()
-        self.conn.send()
-        self._pace_upstream()
-
-    def _pace_upstream(self) -> None:
-        waiting = self.body_size
-        if not self.upstream_paused and waiting > HIGH_WATER:
-            self.upstream_paused = True
-            self.client.pause_writing()
-        elif self.upstream_paused and waiting < LOW_WATER:
-            self.upstream_paused = False
-            self.client.resume_writing()
-
-    def client_pause(self, paused: bool) -> None:
-        """The TLS connection's own buffer is full (or drained): pace this upstream too."""
-        if paused and not self.upstream_paused:
-            self.upstream_paused = True
-            self.client.pause_writing()
-        elif not paused and self.upstream_paused and self.body_size < LOW_WATER:
-            self.upstream_paused = False
-            self.client.resume_writing()
-
-    def reset(self, code: h2.errors.ErrorCodes) -> None:
-        if self.done:
-            return
-        self.done = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):  # the client closed it already
-            self.conn.h2.reset_stream(self.id, code)
-        self.conn.send()
-        self.conn.stream_done(self.id)
-
-    def client_gone(self) -> None:
-        """The client reset the stream or the connection ended: stop the request."""
-        self.done = True
-        self.conn.streams.pop(self.id, None)
-        if not self.closing:
-            self.closing = True
-            self.client.connection_lost(None)
-
-
-class StreamConnection(ClientConnection):
-    """The HTTP/1.1 side of one HTTP/2 stream: logs say HTTP/2.0."""
-
-    __slots__ = ()
-
-    def __init__(self, proxy: ProxyServer, port: int) -> None:
-        super().__init__(proxy, "https", port)
-        self.parser = _Http2RequestParser(self)
-
-
-class _Http2RequestParser(HttpRequestParser):
-    """httptools' request parser, reporting the client's protocol version as 2.0."""
-
-    def get_http_version(self) -> str:
-        return "2.0"
