@@ -107,6 +107,11 @@ class CertificateManager:
             self._pending[name] = asyncio.ensure_future(self._renew(name, cert))
         return cert.context
 
+    def ready_path(self, name: str) -> Path | None:
+        """The cache file of the certificate in memory for ``name`` (HTTP/3 loads it)."""
+        cert = self._ready.get(name)
+        return cert.path if cert is not None else None
+
     async def ensure(self, name: str, service: Service) -> None:
         """Make ``ready_context(name)`` answer: from the cache directory, or from the CA
         (after the on-demand check, for an on-demand service).  Raises AcmeError."""

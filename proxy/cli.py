@@ -301,7 +301,7 @@ RUN_FLAGS = [
     Flag(
         "metrics-port", "int", 0, "Publish metrics on the specified port (default zero to disable)"
     ),
-    Flag("http3", "bool", False, "Enable HTTP/3 (accepted, not supported)"),
+    Flag("http3", "bool", False, "Enable HTTP/3"),
 ]
 
 RUN_ENV_KEYS = {

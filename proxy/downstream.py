@@ -54,6 +54,7 @@ class ClientConnection(asyncio.Protocol):
         "_upgrade_pending",
         "_url",
         "active",
+        "alt_svc",
         "client_addr",
         "client_addr_json",
         "client_port",
@@ -87,6 +88,8 @@ class ClientConnection(asyncio.Protocol):
         self.scheme_bytes = scheme.encode()
         self.https = scheme == "https"
         self.port = port
+        # With --http3, responses on the TCP HTTPS listener advertise it (Alt-Svc).
+        self.alt_svc = proxy.alt_svc if self.https else b""
         self.active: Exchange | None = None
         self.incoming: Exchange | None = None
         self.queue: deque[Exchange] = deque()
@@ -395,6 +398,10 @@ class ClientConnection(asyncio.Protocol):
         self._unwatch()
         if not self.transport.is_closing():
             OUTBOX.close(self.transport)
+
+    def force_close(self) -> None:
+        """Used at shutdown when the grace period is over."""
+        OUTBOX.abort(self.transport)
 
     def close_if_idle(self) -> bool:
         """Used at shutdown: close at once unless a request is being served."""

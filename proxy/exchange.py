@@ -898,6 +898,8 @@ class Exchange:
                 b"Set-Cookie: kamal-writer=%d; Path=/; Expires=%s; HttpOnly\r\n"
                 % (expiry_ms, expires.encode())
             )
+        if self.conn.alt_svc:
+            head.append(self.conn.alt_svc)
         content_type = conn.content_type
         self.resp_content_type = content_type
         if status == 101:
@@ -963,6 +965,8 @@ class Exchange:
             head += (name, b": ", value, b"\r\n")
 
     def _finish_head(self, head: list[bytes]) -> None:
+        if self.conn.alt_svc:
+            head.append(self.conn.alt_svc)
         if not self.keep_alive or self.proxy.shutting_down or self.upgrade is not None:
             self.close_after = True
         if self.close_after:

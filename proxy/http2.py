@@ -168,6 +168,9 @@ class Http2Connection(asyncio.Protocol):
         self.goodbye()
         return True
 
+    def force_close(self) -> None:
+        OUTBOX.abort(self.transport)
+
     def goodbye(self) -> None:
         if not self.transport.is_closing():
             self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import paths
 from .acme import CertificateManager
@@ -32,11 +32,12 @@ from .metrics import Metrics, start_exposition_server
 from .outbox import OUTBOX
 from .router import Router
 from .state import StateStore
-from .tls import AlpnSwitch, TlsListener, server_context
+from .tls import AlpnSwitch, TlsListener, alt_svc_header, server_context
 from .upstream import LIVE_TARGETS
 
 if TYPE_CHECKING:
     from .http2 import Http2Connection
+    from .http3 import Http3Connection
 
 MAX_COMMAND_BYTES = 16 << 20
 
@@ -92,7 +93,9 @@ class ProxyServer:
         # Request log lines are appended here; the sweep writes them every 50 ms.
         self.log_lines = logger.pending
         self.error_pages = ErrorPages.builtin()
-        self.connections: set[ClientConnection | Http2Connection] = set()
+        self.connections: set[ClientConnection | Http2Connection | Http3Connection] = set()
+        # The Alt-Svc header line of TCP HTTPS responses (empty without --http3).
+        self.alt_svc = alt_svc_header(config.https_port) if config.http3 else b""
         # Objects with an ``on_deadline()`` and the monotonic time it is due: one sweep
         # serves the connection timeouts (a slow header read, idle keep-alive), which is far
         # cheaper than creating and cancelling loop timers.  --target-timeout needs no entry
@@ -110,6 +113,21 @@ class ProxyServer:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class Listener(Protocol):
+    def close(self) -> None: ...
+
+
+async def _start_http3(proxy: ProxyServer, port: int) -> Listener:
+    # Imported with --http3 only: aioquic stays out of a proxy that does not use it.
+    from .http3 import start_http3
+
+    try:
+        return await start_http3(proxy, port, proxy.router, proxy.certificates)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise StartupError(f"listen udp :{port}: bind: {reason}") from None
 
 
 def _http2_connection(proxy: ProxyServer, port: int) -> asyncio.Protocol:
@@ -204,7 +222,7 @@ async def _run(config: ServerConfig, logger: JsonLogger) -> int:
     proxy.commands.restore()
 
     stop_metrics: Callable[[], None] | None = None
-    servers: list[asyncio.AbstractServer | TlsListener] = []
+    servers: list[Listener] = []
     control = ControlServer(proxy, paths.socket_path())
     try:
         if config.metrics_port:
@@ -234,7 +252,7 @@ async def _run(config: ServerConfig, logger: JsonLogger) -> int:
         https.start()
         servers.append(https)
         if config.http3:
-            logger.warn("HTTP/3 is not supported; --http3 is ignored")
+            servers.append(await _start_http3(proxy, config.https_port))
         await control.start()
     except StartupError as exc:
         for server in servers:
@@ -308,9 +326,7 @@ def _expire_target_timeouts() -> None:
                 exchange.on_deadline()
 
 
-async def _shutdown(
-    proxy: ProxyServer, servers: list[asyncio.AbstractServer | TlsListener], control: ControlServer
-) -> None:
+async def _shutdown(proxy: ProxyServer, servers: list[Listener], control: ControlServer) -> None:
     """Stop accepting, close idle connections, let in-flight requests finish (bounded)."""
     proxy.shutting_down = True
     for server in servers:
@@ -325,7 +341,7 @@ async def _shutdown(
         if loop.time() >= deadline:
             proxy.logger.warn("Closing active connections", count=len(busy))
             for conn in busy:
-                OUTBOX.abort(conn.transport)
+                conn.force_close()
             break
         await asyncio.sleep(0.05)
     for service in list(proxy.router.services.values()):

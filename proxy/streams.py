@@ -336,6 +336,8 @@ class StreamConnection(ClientConnection):
 
     def __init__(self, proxy: ProxyServer, port: int, http_version: str) -> None:
         super().__init__(proxy, "https", port)
+        if http_version == "3.0":
+            self.alt_svc = b""  # HTTP/3 responses don't advertise HTTP/3
         parser = _VersionParser(self)
         parser.version = http_version
         self.parser = parser

@@ -52,6 +52,12 @@ def _server_context() -> ssl.SSLContext:
     return context
 
 
+def alt_svc_header(https_port: int) -> bytes:
+    """With --http3, what every response on the TCP HTTPS listener advertises (the format
+    of quic-go's SetQUICHeaders)."""
+    return b'Alt-Svc: h3=":%d"; ma=2592000\r\n' % https_port
+
+
 class AlpnSwitch(asyncio.Protocol):
     """The protocol of a new HTTPS connection until its handshake is done: then it hands
     the transport to HTTP/2 or HTTP/1.1, whichever the client and ALPN settled on."""

@@ -22,8 +22,19 @@ def build_proxy_image() -> str:
     """The proxy image, built from proxy/Dockerfile on the lab's Python base and pushed to
     the lab registry, where hosts pull it through the local-registry tunnel."""
     python = ROOT / ".venv" / "bin" / "python"
-    subprocess.run([str(python), str(ROOT / "scripts" / "build-proxy-image"), "--base", "pybase:local",
-                    "--tag", PROXY_IMAGE, "--push"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(python),
+            str(ROOT / "scripts" / "build-proxy-image"),
+            "--base",
+            "pybase:local",
+            "--tag",
+            PROXY_IMAGE,
+            "--push",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return PROXY_IMAGE
 
 
@@ -52,8 +63,13 @@ class DeployProject(LabProject):
         self.commit("initial")
 
     def git(self, *args: str) -> str:
-        return subprocess.run(["git", "-c", "user.email=deployer@example.com", "-c", "user.name=Deployer", *args],
-                              cwd=self.path, check=True, capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["git", "-c", "user.email=deployer@example.com", "-c", "user.name=Deployer", *args],
+            cwd=self.path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     def commit(self, message: str) -> str:
         (self.path / "CHANGES").write_text(f"{message}\n")
@@ -68,8 +84,14 @@ class DeployProject(LabProject):
             "servers": servers,
             "registry": {"server": "localhost:5555"},
             "builder": {"args": {"BASE": "pybase:local"}},
-            "proxy": {"run": {"registry": "localhost:5555", "repository": "shipyard-proxy", "version": "test"},
-                      "healthcheck": {"interval": 1, "timeout": 2}},
+            "proxy": {
+                "run": {
+                    "registry": "localhost:5555",
+                    "repository": "shipyard-proxy",
+                    "version": "test",
+                },
+                "healthcheck": {"interval": 1, "timeout": 2},
+            },
             "env": {"clear": {"APP_NAME": self.service}},
             "deploy_timeout": 20,
             "drain_timeout": 5,
@@ -91,7 +113,9 @@ class DeployProject(LabProject):
         return env
 
 
-def get(address: str, *, host: str | None = None, path: str = "/", timeout: float = 5) -> tuple[int, str]:
+def get(
+    address: str, *, host: str | None = None, path: str = "/", timeout: float = 5
+) -> tuple[int, str]:
     connection = http.client.HTTPConnection(address, 80, timeout=timeout)
     try:
         connection.request("GET", path, headers={"Host": host} if host else {})
@@ -105,7 +129,9 @@ class Load:
     """Steady traffic against some addresses while a deploy runs; every request that
     does not answer 200 (or fails at the socket) counts as failed."""
 
-    def __init__(self, addresses: list[str], *, host: str | None = None, threads_per_address: int = 2) -> None:
+    def __init__(
+        self, addresses: list[str], *, host: str | None = None, threads_per_address: int = 2
+    ) -> None:
         self.addresses = addresses
         self.host = host
         self.threads_per_address = threads_per_address
@@ -142,7 +168,9 @@ class Load:
     def __enter__(self) -> Load:
         for address in self.addresses:
             for index in range(self.threads_per_address):
-                thread = threading.Thread(target=self._run, args=(address, index % 2 == 0), daemon=True)
+                thread = threading.Thread(
+                    target=self._run, args=(address, index % 2 == 0), daemon=True
+                )
                 thread.start()
                 self._threads.append(thread)
         return self

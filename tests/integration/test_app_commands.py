@@ -25,7 +25,11 @@ def deployed(lab: Any, proxy_image: str, tmp_path_factory: pytest.TempPathFactor
 def test_exec_in_a_new_container_and_reused(deployed: DeployProject, lab: Any) -> None:
     fresh = deployed.run("app", "exec", "-q", "sh -c 'echo $APP_NAME'").ok().stdout.split()
     assert fresh == [f"[{lab.hosts[0].address}]", "demo", f"[{lab.hosts[1].address}]", "demo"]
-    reused = deployed.run("app", "exec", "-q", "--reuse", "-p", "printenv", "SHIPYARD_CONTAINER_NAME").ok().stdout
+    reused = (
+        deployed.run("app", "exec", "-q", "--reuse", "-p", "printenv", "SHIPYARD_CONTAINER_NAME")
+        .ok()
+        .stdout
+    )
     assert reused.strip().endswith("demo-web-a1")
 
 

@@ -27,11 +27,17 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The deployer's docker CLI (the root dockerd)."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=300)
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=300
+    )
 
 
-def registry_get(path: str, *, registry: str = REGISTRY, accept: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"http://{registry}{path}", headers={"Accept": accept} if accept else {})
+def registry_get(
+    path: str, *, registry: str = REGISTRY, accept: str | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"http://{registry}{path}", headers={"Accept": accept} if accept else {}
+    )
     try:
         with _NO_PROXY.open(request, timeout=30) as response:
             return response.status, response.read()
@@ -50,7 +56,8 @@ def registry_tags(repository: str, *, registry: str = REGISTRY) -> list[str]:
 def registry_image_config(repository: str, tag: str) -> dict[str, Any]:
     """The image config (labels, cmd...) as stored in the registry."""
     status, body = registry_get(
-        f"/v2/{repository}/manifests/{tag}", accept="application/vnd.docker.distribution.manifest.v2+json"
+        f"/v2/{repository}/manifests/{tag}",
+        accept="application/vnd.docker.distribution.manifest.v2+json",
     )
     assert status == 200, body
     digest = json.loads(body)["config"]["digest"]
@@ -93,7 +100,10 @@ class App(LabProject):
     def git(self, *args: str) -> str:
         return subprocess.run(
             ["git", "-c", "user.email=t@example.com", "-c", "user.name=T", *args],
-            cwd=self.path, check=True, capture_output=True, text=True,
+            cwd=self.path,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
 
     def commit(self) -> str:
@@ -112,7 +122,10 @@ class App(LabProject):
 def app(tmp_path: Path, lab: Any) -> Iterator[App]:
     project = App(tmp_path / "app", lab)
     project.configure()
-    project.write("Dockerfile", 'FROM busybox:local\nCOPY version.txt /version.txt\nCMD ["cat", "/version.txt"]\n')
+    project.write(
+        "Dockerfile",
+        'FROM busybox:local\nCOPY version.txt /version.txt\nCMD ["cat", "/version.txt"]\n',
+    )
     project.write("version.txt", "committed\n")
     project.commit()
     yield project
@@ -172,8 +185,13 @@ def test_builder_context_dot_builds_the_working_tree_and_respects_dockerignore(a
 
 
 def test_build_args_target_and_dockerfile(app: App) -> None:
-    app.configure(builder={"dockerfile": "docker/App.Dockerfile", "target": "release",
-                           "args": {"GREETING": "hello from args", "DEBUG": True}})
+    app.configure(
+        builder={
+            "dockerfile": "docker/App.Dockerfile",
+            "target": "release",
+            "args": {"GREETING": "hello from args", "DEBUG": True},
+        }
+    )
     app.write(
         "docker/App.Dockerfile",
         "FROM busybox:local AS base\n"
@@ -231,7 +249,9 @@ def test_build_secrets_reach_the_step_and_no_layer_or_history(app: App, tmp_path
                     # BuildKit may leave the empty mount point run/secrets; never a file in it
                     names = [entry.name for entry in layer.getmembers()]
                     assert not [name for name in names if name.startswith("run/secrets/")], names
-    assert not list(Path(tempfile.gettempdir()).glob("shipyard-build-secrets-*"))  # the secret files are gone
+    assert not list(
+        Path(tempfile.gettempdir()).glob("shipyard-build-secrets-*")
+    )  # the secret files are gone
 
 
 def test_a_broken_build_shows_the_failing_step_and_pushes_nothing(app: App) -> None:
@@ -244,11 +264,14 @@ def test_a_broken_build_shows_the_failing_step_and_pushes_nothing(app: App) -> N
     result = app.run("build", "push")
     assert result.exit_code == 1, result
     lines = result.stderr.strip().splitlines()
-    assert f"Error: Build of {app.repository}:v-test failed at Step 3/5 : RUN echo compiling" in lines[-4]
-    assert sorted(lines[-3:-1]) == ["Error:   cc: error: broken.c", "Error:   compiling"]
-    assert lines[-1].startswith("Error:   The command '/bin/sh -c echo compiling") and lines[-1].endswith(
-        "returned a non-zero code: 7"
+    assert (
+        f"Error: Build of {app.repository}:v-test failed at Step 3/5 : RUN echo compiling"
+        in lines[-4]
     )
+    assert sorted(lines[-3:-1]) == ["Error:   cc: error: broken.c", "Error:   compiling"]
+    assert lines[-1].startswith("Error:   The command '/bin/sh -c echo compiling") and lines[
+        -1
+    ].endswith("returned a non-zero code: 7")
     assert "first step" not in result.stderr
     assert registry_tags(app.service) == []
 
@@ -264,14 +287,23 @@ def test_a_broken_secrets_build_shows_the_failing_step_too(app: App) -> None:
     result = app.run("build", "push")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-3] == "Error: Build of " + app.repository + ":v-test failed at [2/2] RUN --mount=type=secret,id=TOKEN sh -c 'echo checking; exit 4'"
+    assert (
+        lines[-3]
+        == "Error: Build of "
+        + app.repository
+        + ":v-test failed at [2/2] RUN --mount=type=secret,id=TOKEN sh -c 'echo checking; exit 4'"
+    )
     assert lines[-2] == "Error:   checking"
     assert "exit code: 4" in lines[-1]
     assert registry_tags(app.service) == []
 
 
 def test_a_failing_pre_build_hook_stops_before_anything_is_built(app: App) -> None:
-    app.write(".shipyard/hooks/pre-build", "#!/bin/sh\necho \"not on $SHIPYARD_VERSION\"\nexit 1\n", mode=0o755)
+    app.write(
+        ".shipyard/hooks/pre-build",
+        '#!/bin/sh\necho "not on $SHIPYARD_VERSION"\nexit 1\n',
+        mode=0o755,
+    )
     app.commit()
     result = app.run("build", "push")
     assert result.exit_code == 1
@@ -344,13 +376,18 @@ def test_a_local_registry_is_started_when_none_answers_and_reused_after(
     port = lab.free_port()
     container = f"shipyard-registry-test-{uuid.uuid4().hex[:8]}"
     server = f"localhost:{port}"
-    app.configure(registry={"server": server},
-                  **{"x-shipyard": {"local_registry": {"image": registry_image, "container": container}}})
+    app.configure(
+        registry={"server": server},
+        **{"x-shipyard": {"local_registry": {"image": registry_image, "container": container}}},
+    )
     app.repository = f"{server}/{app.service}"
     app.commit()
     try:
         first = app.run("build", "push").ok()
-        assert f"starting a registry container {container} ({registry_image}) on 127.0.0.1:{port}" in first.stdout
+        assert (
+            f"starting a registry container {container} ({registry_image}) on 127.0.0.1:{port}"
+            in first.stdout
+        )
         assert registry_tags(app.service, registry=server) == ["latest", "v-test"]
         published = docker("port", container, "5000/tcp").stdout.split()
         assert published == [f"127.0.0.1:{port}"]
@@ -361,6 +398,11 @@ def test_a_local_registry_is_started_when_none_answers_and_reused_after(
         docker("stop", container)
         third = app.run("build", "push", "--version", "restarted").ok()
         assert f"starting the stopped registry container {container}" in third.stdout
-        assert registry_tags(app.service, registry=server) == ["again", "latest", "restarted", "v-test"]
+        assert registry_tags(app.service, registry=server) == [
+            "again",
+            "latest",
+            "restarted",
+            "v-test",
+        ]
     finally:
         docker("rm", "--force", "--volumes", container, check=False)

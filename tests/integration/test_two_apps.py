@@ -19,13 +19,18 @@ def test_two_apps_one_proxy(lab: Any, proxy_image: str, tmp_path: Any) -> None:
         apps[name] = project
     for host in hosts:
         for name in apps:
-            assert get(host.address, host=f"{name}.example.test") == (200, f"hello from {name} v1 on {host.address}\n")
+            assert get(host.address, host=f"{name}.example.test") == (
+                200,
+                f"hello from {name} v1 on {host.address}\n",
+            )
         assert host.run("docker ps --filter name=^shipyard-proxy$ -q").stdout.strip()
     apps["alpha"].run("remove", "-y").ok()
     for host in hosts:
         assert get(host.address, host="alpha.example.test")[0] == 404
         assert get(host.address, host="beta.example.test")[0] == 200
-        assert host.run("docker ps --filter name=^shipyard-proxy$ -q").stdout.strip(), "proxy must stay for beta"
+        assert host.run("docker ps --filter name=^shipyard-proxy$ -q").stdout.strip(), (
+            "proxy must stay for beta"
+        )
         assert "alpha" not in host.run("docker ps -a --format '{{.Names}}'").stdout
     apps["beta"].run("remove", "-y").ok()
     for host in hosts:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pebble_harness import PEBBLE_BINARY, Pebble
-from proxy_harness import Proxy, UpstreamServer
+from proxy_harness import Proxy, UpstreamServer, write_self_signed
 
 
 @pytest.fixture
@@ -61,47 +59,8 @@ def app(upstream: Callable[[str], UpstreamServer]) -> UpstreamServer:
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for localhost, example.com and *.example.com."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme Co")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName("example.com"),
-                    x509.DNSName("*.example.com"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("certs")
-    cert_path = folder / "cert.pem"
-    key_path = folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
+    names = ["localhost", "example.com", "*.example.com", "127.0.0.1"]
+    return write_self_signed(tmp_path_factory.mktemp("certs"), names)
 
 
 @pytest.fixture

@@ -534,6 +534,67 @@ class UpstreamServer(ThreadingHTTPServer):
                 sock.close()
 
 
+# --- certificates ---------------------------------------------------------------------------
+
+
+def write_self_signed(
+    folder: Path,
+    names: list[str],
+    *,
+    days_left: float = 2,
+    combined: bool = False,
+) -> tuple[str, str]:
+    """A self-signed certificate for ``names`` (DNS names, or IP addresses), valid since
+    60 days ago for ``days_left`` more days.  Returns the certificate and key paths: two PEM
+    files, or with ``combined`` one file holding the key then the certificate (autocert's
+    cache layout, "EC PRIVATE KEY")."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def alt_name(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=60))
+        .not_valid_after(now + datetime.timedelta(days=days_left))
+        .add_extension(x509.SubjectAlternativeName([alt_name(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if combined:
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        path = folder / names[0]
+        path.write_bytes(key_pem + cert_pem)
+        return str(path), str(path)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (folder / "cert.pem").write_bytes(cert_pem)
+    (folder / "key.pem").write_bytes(key_pem)
+    return str(folder / "cert.pem"), str(folder / "key.pem")
+
+
 # --- the proxy process -------------------------------------------------------------------------
 
 

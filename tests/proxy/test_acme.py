@@ -5,7 +5,6 @@ on-demand TLS."""
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import hashlib
 import ssl
 from collections.abc import Callable
@@ -13,11 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pebble_harness import Pebble
-from proxy_harness import Proxy, UpstreamServer, request
+from proxy_harness import Proxy, UpstreamServer, request, write_self_signed
 
 from shipyard.proxy.acme import on_demand_url
 from shipyard.proxy.tls import IncompleteHello, client_hello_server_name
@@ -146,38 +142,11 @@ def test_a_restart_serves_the_cached_certificate_without_the_ca(
     assert not [e for e in proxy.logs() if e.get("msg") == "Requesting certificate"]
 
 
-def write_cached(path: Path, name: str, days_left: int) -> None:
-    """A self-signed certificate for ``name`` in autocert's cache format."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=60))
-        .not_valid_after(now + datetime.timedelta(days=days_left))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
-
-
 def test_a_cached_certificate_near_expiry_is_renewed(
     acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
 ) -> None:
     proxy, pebble = acme_proxy
-    write_cached(cache_dir(proxy, pebble) / "app.test", "app.test", days_left=10)
+    write_self_signed(cache_dir(proxy, pebble), ["app.test"], days_left=10, combined=True)
     proxy.deploy("web", app.address, host="app.test", tls=True)
     # Pebble's chain verifies, the planted self-signed one would not.
     assert https_get(proxy, "app.test", verifying_context(pebble)) == "first"
@@ -188,7 +157,7 @@ def test_a_cached_certificate_far_from_expiry_is_used_as_is(
     acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
 ) -> None:
     proxy, pebble = acme_proxy
-    write_cached(cache_dir(proxy, pebble) / "app.test", "app.test", days_left=80)
+    write_self_signed(cache_dir(proxy, pebble), ["app.test"], days_left=80, combined=True)
     proxy.deploy("web", app.address, host="app.test", tls=True)
     ctx = ssl.create_default_context(cafile=str(cache_dir(proxy, pebble) / "app.test"))
     assert https_get(proxy, "app.test", ctx) == "first"

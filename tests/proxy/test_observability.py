@@ -106,12 +106,11 @@ def test_lifecycle_events_are_logged(proxy: Proxy, app: UpstreamServer) -> None:
         proxy.wait_for_log(msg)
 
 
-def test_debug_level_and_http3_flag(make_proxy: Callable[..., Proxy], proxy: Proxy) -> None:
-    debug = make_proxy(extra_args=["--debug", "--http3"])
+def test_debug_level(make_proxy: Callable[..., Proxy], proxy: Proxy) -> None:
+    debug = make_proxy(extra_args=["--debug"])
     debug.cli("list", check=True)
     entry = debug.wait_for_log("Command received", method="list")
     assert entry["level"] == "DEBUG"
-    assert debug.wait_for_log("HTTP/3 is not supported; --http3 is ignored")["level"] == "WARN"
     proxy.cli("list", check=True)  # the default level is INFO: no debug lines
     proxy.cli("remove", "ghost")
     assert all(e.get("level") != "DEBUG" for e in proxy.logs())

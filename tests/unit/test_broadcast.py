@@ -71,8 +71,12 @@ def webhook() -> Iterator[Webhook]:
 
 
 @pytest.fixture
-def project(shipyard_project: Project, shipyard_fake_transport: FakeTransportKit, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Project:
+def project(
+    shipyard_project: Project,
+    shipyard_fake_transport: FakeTransportKit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Project:
     """A project with secrets, whose audit-log appends go to the fake transport."""
     shipyard_project.write_secrets("DB_PASSWORD=hunter2-secret\n")
     monkeypatch.setenv("DUMP_TO", str(tmp_path / "env"))
@@ -88,14 +92,21 @@ def dumped(tmp_path: Path) -> dict[str, str]:
 
 
 def audit_lines(kit: FakeTransportKit) -> list[str]:
-    return [argv[-1] for argvs in kit.commands.values() for argv in argvs if argv[-2].endswith("-audit.log")]
+    return [
+        argv[-1]
+        for argvs in kit.commands.values()
+        for argv in argvs
+        if argv[-2].endswith("-audit.log")
+    ]
 
 
 def test_broadcast_command_runs_the_command_and_posts_the_event(
     project: Project, webhook: Webhook, shipyard_fake_transport: FakeTransportKit, tmp_path: Path
 ) -> None:
     configure(project, command=DUMP_ENV, url=webhook.url, headers={"X-Team": "platform"})
-    result = project.run("broadcast", "-m", "hello world", "--version", "0123456789abcdef").assert_ok()
+    result = project.run(
+        "broadcast", "-m", "hello world", "--version", "0123456789abcdef"
+    ).assert_ok()
     assert result.stderr == ""
     env = dumped(tmp_path)
     assert env["SHIPYARD_MESSAGE"] == env["KAMAL_MESSAGE"] == "hello world"
@@ -136,8 +147,13 @@ def test_details_become_variables_and_the_event_version_wins(
     configure(project, command=["sh", "-c", DUMP_ENV], url=webhook.url)
     project.write_config({"servers": ["s1"]}, destination="staging")
     ctx = project.context("rollback", version="ffff000011112222", destination="staging")
-    ctx.audit("Rolled back to abcdef123456", broadcast="true", runtime="12.6", version="abcdef123456",
-              **{"dry-run": "no", "service": "ignored"})
+    ctx.audit(
+        "Rolled back to abcdef123456",
+        broadcast="true",
+        runtime="12.6",
+        version="abcdef123456",
+        **{"dry-run": "no", "service": "ignored"},
+    )
     env = dumped(tmp_path)
     assert env["SHIPYARD_MESSAGE"] == "Rolled back to abcdef123456"
     assert env["SHIPYARD_RUNTIME"] == env["KAMAL_RUNTIME"] == "13"
@@ -149,9 +165,17 @@ def test_details_become_variables_and_the_event_version_wins(
     assert env["SHIPYARD_DESTINATION"] == "staging"
     assert env["SHIPYARD_COMMAND"] == "rollback"
     [payload] = webhook.payloads()
-    assert (payload["version"], payload["destination"], payload["hosts"]) == ("abcdef123456", "staging", ["s1"])
+    assert (payload["version"], payload["destination"], payload["hosts"]) == (
+        "abcdef123456",
+        "staging",
+        ["s1"],
+    )
     assert payload["details"] == {
-        "broadcast": "true", "runtime": "12.6", "version": "abcdef123456", "dry-run": "no", "service": "ignored",
+        "broadcast": "true",
+        "runtime": "12.6",
+        "version": "abcdef123456",
+        "dry-run": "no",
+        "service": "ignored",
     }
 
 
@@ -180,7 +204,9 @@ def test_failures_are_warnings_and_the_command_still_succeeds(
     project: Project, webhook: Webhook, shipyard_fake_transport: FakeTransportKit
 ) -> None:
     webhook.status = 500
-    configure(project, command="echo chat is down >&2; exit 3", url=webhook.url + "?token=t0ps3cret")
+    configure(
+        project, command="echo chat is down >&2; exit 3", url=webhook.url + "?token=t0ps3cret"
+    )
     result = project.run("broadcast", "-m", "hello", "--version", "v1").assert_ok()
     assert result.stderr.splitlines() == [
         "broadcast: command `echo` failed (exit 3): chat is down",
@@ -196,7 +222,11 @@ def test_unreachable_url_missing_program_and_slow_command_are_warnings(project: 
     with socket.socket() as probe:  # a port nobody listens on once closed
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    configure(project, command=["/nonexistent/notify", "--token", "s3cret"], url=f"http://127.0.0.1:{port}/x")
+    configure(
+        project,
+        command=["/nonexistent/notify", "--token", "s3cret"],
+        url=f"http://127.0.0.1:{port}/x",
+    )
     result = project.run("broadcast", "-m", "hello", "--version", "v1").assert_ok()
     assert result.stderr.splitlines() == [
         "broadcast: command `/nonexistent/notify` could not run: No such file or directory",
@@ -243,7 +273,9 @@ def test_bad_settings_are_a_warning_naming_the_key(
         "got 'ftp://chat.example.com'",
         "config/deploy.yml:8: x-shipyard.broadcast.timeout: must be more than 0 (seconds), got 0",
     ]
-    project.write_config("service: app\nimage: acme/app\nservers: [10.0.0.1]\nx-shipyard:\n  broadcast: {}\n")
+    project.write_config(
+        "service: app\nimage: acme/app\nservers: [10.0.0.1]\nx-shipyard:\n  broadcast: {}\n"
+    )
     result = project.run("broadcast", "-m", "hello", "--version", "v1").assert_ok()
     assert result.stderr.strip() == (
         "broadcast: not sent: config/deploy.yml:5: x-shipyard.broadcast: "

@@ -48,7 +48,9 @@ class StatusServer:
                 with lock:
                     server.requests.append(Seen(self.path, dict(self.headers.items())))
                     reply = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
-                body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                body = (
+                    reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                )
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value.replace("PORT", str(server.port)))
@@ -79,7 +81,9 @@ def ci() -> Iterator[StatusServer]:
         server.httpd.server_close()
 
 
-def combined(state: str, *statuses: tuple[str, str, str | None, str | None], sha: str = SHA) -> dict[str, Any]:
+def combined(
+    state: str, *statuses: tuple[str, str, str | None, str | None], sha: str = SHA
+) -> dict[str, Any]:
     """GitHub's combined-status shape; statuses are (context, state, description, url)."""
     return {
         "state": state,
@@ -117,14 +121,20 @@ def test_success_allows_the_deploy(shipyard_project: Project, ci: StatusServer) 
     assert "Authorization" not in ci.requests[0].headers
 
 
-def test_failure_vetoes_naming_the_contexts_that_are_not_green(shipyard_project: Project, ci: StatusServer) -> None:
+def test_failure_vetoes_naming_the_contexts_that_are_not_green(
+    shipyard_project: Project, ci: StatusServer
+) -> None:
     configure(shipyard_project, url=ci.url())
-    ci.replies = [Reply(body=combined(
-        "failure",
-        ("ci/build", "failure", "failed: 3 tests", "https://ci.example.com/build/42"),
-        ("lint", "pending", None, None),
-        ("docs", "success", "ok", "https://ci.example.com/docs"),
-    ))]
+    ci.replies = [
+        Reply(
+            body=combined(
+                "failure",
+                ("ci/build", "failure", "failed: 3 tests", "https://ci.example.com/build/42"),
+                ("lint", "pending", None, None),
+                ("docs", "success", "ok", "https://ci.example.com/docs"),
+            )
+        )
+    ]
     assert vetoed(shipyard_project) == (
         "CI status for 0123456 is failure: ci/build (failed: 3 tests), lint (pending); "
         "see https://ci.example.com/build/42"
@@ -133,7 +143,11 @@ def test_failure_vetoes_naming_the_contexts_that_are_not_green(shipyard_project:
 
 def test_error_state_vetoes(shipyard_project: Project, ci: StatusServer) -> None:
     configure(shipyard_project, url=ci.url())
-    ci.replies = [Reply(body=combined("error", ("deploy/checks", "error", None, None), sha="fedcba9876543210"))]
+    ci.replies = [
+        Reply(
+            body=combined("error", ("deploy/checks", "error", None, None), sha="fedcba9876543210")
+        )
+    ]
     assert vetoed(shipyard_project) == "CI status for fedcba9 is error: deploy/checks (error)"
 
 
@@ -144,7 +158,9 @@ def test_pending_vetoes_at_once_without_wait(shipyard_project: Project, ci: Stat
     assert len(ci.requests) == 1
 
 
-def test_pending_with_no_statuses_says_nothing_has_reported(shipyard_project: Project, ci: StatusServer) -> None:
+def test_pending_with_no_statuses_says_nothing_has_reported(
+    shipyard_project: Project, ci: StatusServer
+) -> None:
     configure(shipyard_project, url=ci.url())
     ci.replies = [Reply(body=combined("pending"))]
     assert vetoed(shipyard_project) == (
@@ -155,15 +171,24 @@ def test_pending_with_no_statuses_says_nothing_has_reported(shipyard_project: Pr
 def test_pending_then_success_is_waited_for(shipyard_project: Project, ci: StatusServer) -> None:
     configure(shipyard_project, url=ci.url(), wait=600, interval=0.01)
     pending = Reply(body=combined("pending", ("ci/build", "pending", None, None)))
-    ci.replies = [pending, pending, Reply(body=combined("success", ("ci/build", "success", None, None)))]
+    ci.replies = [
+        pending,
+        pending,
+        Reply(body=combined("success", ("ci/build", "success", None, None))),
+    ]
     pre_deploy(shipyard_project)
     assert len(ci.requests) == 3
 
 
-def test_still_pending_when_the_wait_is_over_vetoes(shipyard_project: Project, ci: StatusServer) -> None:
+def test_still_pending_when_the_wait_is_over_vetoes(
+    shipyard_project: Project, ci: StatusServer
+) -> None:
     configure(shipyard_project, url=ci.url(), wait=0.05, interval=0.01)
     ci.replies = [Reply(body=combined("pending", ("ci/build", "pending", None, None)))]
-    assert vetoed(shipyard_project) == "CI status for 0123456 is pending after waiting 0.05s: ci/build (pending)"
+    assert (
+        vetoed(shipyard_project)
+        == "CI status for 0123456 is pending after waiting 0.05s: ci/build (pending)"
+    )
     assert len(ci.requests) >= 2
 
 
@@ -193,7 +218,9 @@ def test_token_is_sent_as_bearer_and_never_shown(
     assert "ghp_supersecret123" not in shown.out + shown.err + reason
 
 
-def test_token_follows_a_redirect_on_the_same_origin_only(shipyard_project: Project, ci: StatusServer) -> None:
+def test_token_follows_a_redirect_on_the_same_origin_only(
+    shipyard_project: Project, ci: StatusServer
+) -> None:
     configure(shipyard_project, url=ci.url(), token_secret="GITHUB_TOKEN")
     shipyard_project.write_secrets("GITHUB_TOKEN=ghp_supersecret123\n")
     ci.replies = [
@@ -204,14 +231,18 @@ def test_token_follows_a_redirect_on_the_same_origin_only(shipyard_project: Proj
     pre_deploy(shipyard_project)
     assert [r.path for r in ci.requests][1:] == ["/repositories/7/commits/x/status", "/elsewhere"]
     assert [r.headers.get("Authorization") for r in ci.requests] == [
-        "Bearer ghp_supersecret123", "Bearer ghp_supersecret123", None,
+        "Bearer ghp_supersecret123",
+        "Bearer ghp_supersecret123",
+        None,
     ]
 
 
 def test_a_missing_token_secret_is_an_error(shipyard_project: Project, ci: StatusServer) -> None:
     configure(shipyard_project, url=ci.url(), token_secret="NOPE")
     shipyard_project.write_secrets("OTHER=x\n")
-    with pytest.raises(SecretNotFound, match=r"^x-shipyard\.ci_check\.token_secret: Secret 'NOPE' not found"):
+    with pytest.raises(
+        SecretNotFound, match=r"^x-shipyard\.ci_check\.token_secret: Secret 'NOPE' not found"
+    ):
         pre_deploy(shipyard_project)
     assert ci.requests == []
 
@@ -222,26 +253,32 @@ def test_unreachable_url_fails_closed(shipyard_project: Project) -> None:
         port = probe.getsockname()[1]
     configure(shipyard_project, url=f"http://user:pw@127.0.0.1:{port}/status?access_token=abc")
     reason = vetoed(shipyard_project)
-    assert reason.startswith(f"could not check CI status for 0123456: GET http://127.0.0.1:{port}/status failed: ")
+    assert reason.startswith(
+        f"could not check CI status for 0123456: GET http://127.0.0.1:{port}/status failed: "
+    )
     assert "pw" not in reason and "abc" not in reason
 
 
 def test_non_200_and_bad_json_fail_closed(shipyard_project: Project, ci: StatusServer) -> None:
     configure(shipyard_project, url=ci.url("/status"))
     ci.replies = [Reply(status=500, body={"message": "boom"})]
-    assert vetoed(shipyard_project).endswith(f"GET {ci.url('/status')} failed: HTTP 500 Internal Server Error")
+    assert vetoed(shipyard_project).endswith(
+        f"GET {ci.url('/status')} failed: HTTP 500 Internal Server Error"
+    )
     ci.replies = [Reply(status=204, body=b"")]
     assert vetoed(shipyard_project).endswith("answered HTTP 204, expected 200")
     ci.replies = [Reply(body=b"<html>not json</html>")]
     assert vetoed(shipyard_project).endswith("did not answer JSON")
     ci.replies = [Reply(body={"state": "green"})]
     assert vetoed(shipyard_project).endswith(
-        "did not answer a combined status (expected \"state\" to be one of success, pending, failure, error, "
+        'did not answer a combined status (expected "state" to be one of success, pending, failure, error, '
         "got 'green')"
     )
 
 
-def test_sha_placeholder_resolves_a_tag_to_its_commit(shipyard_project: Project, ci: StatusServer) -> None:
+def test_sha_placeholder_resolves_a_tag_to_its_commit(
+    shipyard_project: Project, ci: StatusServer
+) -> None:
     import subprocess
 
     configure(shipyard_project, url=ci.url("/commits/{sha}/status?ref={version}"))
@@ -252,10 +289,14 @@ def test_sha_placeholder_resolves_a_tag_to_its_commit(shipyard_project: Project,
     assert "cannot resolve version nope to a git commit" in vetoed(shipyard_project, version="nope")
 
 
-def test_uncommitted_versions_are_vetoed_without_asking(shipyard_project: Project, ci: StatusServer) -> None:
+def test_uncommitted_versions_are_vetoed_without_asking(
+    shipyard_project: Project, ci: StatusServer
+) -> None:
     configure(shipyard_project, url=ci.url())
     reason = vetoed(shipyard_project, version=f"{SHA}_uncommitted_0123456789abcdef")
-    assert reason.startswith(f"version {SHA}_uncommitted_0123456789abcdef includes uncommitted changes")
+    assert reason.startswith(
+        f"version {SHA}_uncommitted_0123456789abcdef includes uncommitted changes"
+    )
     assert ci.requests == []
 
 
@@ -273,7 +314,9 @@ def test_rollback_is_skipped_by_default_and_skip_for_is_configurable(
 
 
 def test_disabled_when_not_configured(shipyard_project: Project, ci: StatusServer) -> None:
-    shipyard_project.write_config({**MINIMAL_CONFIG, "x-shipyard": {"broadcast": {"command": "true"}}})
+    shipyard_project.write_config(
+        {**MINIMAL_CONFIG, "x-shipyard": {"broadcast": {"command": "true"}}}
+    )
     pre_deploy(shipyard_project)
     shipyard_project.write_config(MINIMAL_CONFIG)
     pre_deploy(shipyard_project)
@@ -300,29 +343,34 @@ def test_config_errors_name_the_file_line_and_key_path(shipyard_project: Project
     assert config_errors(shipyard_project, BASE + "    token_secret: GITHUB_TOKEN\n") == [
         "config/deploy.yml:5: x-shipyard.ci_check.url: is required",
     ]
-    assert config_errors(shipyard_project, BASE) == ["config/deploy.yml:5: x-shipyard.ci_check.url: is required"]
+    assert config_errors(shipyard_project, BASE) == [
+        "config/deploy.yml:5: x-shipyard.ci_check.url: is required"
+    ]
     assert config_errors(shipyard_project, BASE.replace("ci_check:", "ci_check: yes")) == [
         "config/deploy.yml:5: x-shipyard.ci_check: expected a mapping (key: value), got true",
     ]
-    problems = config_errors(shipyard_project, BASE + (
-        "    url: ftp://ci.example.com/{sha}\n"
-        "    timeout: 0\n"
-        "    wait: -1\n"
-        "    interval: soon\n"
-        "    skip_for: [rollback, 3]\n"
-        "    tokn_secret: X\n"
-    ))
+    problems = config_errors(
+        shipyard_project,
+        BASE
+        + (
+            "    url: ftp://ci.example.com/{sha}\n"
+            "    timeout: 0\n"
+            "    wait: -1\n"
+            "    interval: soon\n"
+            "    skip_for: [rollback, 3]\n"
+            "    tokn_secret: X\n"
+        ),
+    )
     assert problems == [
         "config/deploy.yml:9: x-shipyard.ci_check.interval: expected a number, got 'soon'",
         "config/deploy.yml:10: x-shipyard.ci_check.skip_for[1]: expected a string, got 3",
         "config/deploy.yml:11: x-shipyard.ci_check.tokn_secret: unknown key "
         "(the keys are: url, token_secret, timeout, wait, interval, skip_for)",
     ]
-    problems = config_errors(shipyard_project, BASE + (
-        "    url: ftp://ci.example.com/{sha}\n"
-        "    timeout: 0\n"
-        "    wait: -1\n"
-    ))
+    problems = config_errors(
+        shipyard_project,
+        BASE + ("    url: ftp://ci.example.com/{sha}\n    timeout: 0\n    wait: -1\n"),
+    )
     assert problems == [
         "config/deploy.yml:6: x-shipyard.ci_check.url: expected an http:// or https:// URL, "
         "got 'ftp://ci.example.com/{sha}'",

@@ -41,13 +41,30 @@ from shipyard.plugins._build_plan import (
     stringify,
 )
 
-LOCAL = {"service": "app", "image": "app", "servers": ["10.0.0.1"], "registry": {"server": "localhost:5555"}}
+LOCAL = {
+    "service": "app",
+    "image": "app",
+    "servers": ["10.0.0.1"],
+    "registry": {"server": "localhost:5555"},
+}
 
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
-        ["git", "-c", "user.email=t@example.com", "-c", "user.name=T", "-c", "protocol.file.allow=always", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
+        [
+            "git",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=T",
+            "-c",
+            "protocol.file.allow=always",
+            *args,
+        ],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -55,7 +72,10 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def test_tags_are_the_version_and_latest() -> None:
-    assert image_tags("localhost:5555/app", "abc123", "latest") == ("localhost:5555/app:abc123", "localhost:5555/app:latest")
+    assert image_tags("localhost:5555/app", "abc123", "latest") == (
+        "localhost:5555/app:abc123",
+        "localhost:5555/app:latest",
+    )
 
 
 def test_a_destination_tags_latest_dash_destination(shipyard_project: Project) -> None:
@@ -67,12 +87,20 @@ def test_a_destination_tags_latest_dash_destination(shipyard_project: Project) -
     assert spec.labels == {"service": "app"}
 
 
-def test_version_from_the_environment_and_git(shipyard_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_version_from_the_environment_and_git(
+    shipyard_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shipyard_project.write_config(LOCAL)
     sha = shipyard_project.git_init()
-    assert docker_build.build_spec(shipyard_project.context("build", "push")).tags[0] == f"localhost:5555/app:{sha}"
+    assert (
+        docker_build.build_spec(shipyard_project.context("build", "push")).tags[0]
+        == f"localhost:5555/app:{sha}"
+    )
     monkeypatch.setenv("VERSION", "from-env")
-    assert docker_build.build_spec(shipyard_project.context("build", "push")).tags[0] == "localhost:5555/app:from-env"
+    assert (
+        docker_build.build_spec(shipyard_project.context("build", "push")).tags[0]
+        == "localhost:5555/app:from-env"
+    )
 
 
 @pytest.mark.parametrize("bad", ["", "-x", ".x", "a/b", "a:b", "x" * 129, "sp ace"])
@@ -96,7 +124,11 @@ def test_split_reference(reference: str, expected: tuple[str, str]) -> None:
 
 def test_build_args_are_strings() -> None:
     assert stringify({"A": True, "B": False, "C": 3, "D": "x", "E": None}) == {
-        "A": "true", "B": "false", "C": "3", "D": "x", "E": ""
+        "A": "true",
+        "B": "false",
+        "C": "3",
+        "D": "x",
+        "E": "",
     }
 
 
@@ -168,15 +200,22 @@ def test_the_clone_includes_submodules(tmp_path: Path) -> None:
     git(repo, "submodule", "add", "-q", "../library", "vendor/library")
     git(repo, "commit", "-qm", "with submodule")
     with _build_engine.git_clone(repo, "app") as checkout:
-        assert (checkout.build_dir / "vendor" / "library" / "lib.txt").read_text() == "library code\n"
+        assert (
+            checkout.build_dir / "vendor" / "library" / "lib.txt"
+        ).read_text() == "library code\n"
 
 
 def test_not_a_repository_or_no_commit_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(ShipyardError, match=r"not in a git repository.*builder.context: \."), \
-            _build_engine.git_clone(tmp_path, "app"):
+    with (
+        pytest.raises(ShipyardError, match=r"not in a git repository.*builder.context: \."),
+        _build_engine.git_clone(tmp_path, "app"),
+    ):
         pass
     git(tmp_path, "init", "-q")
-    with pytest.raises(ShipyardError, match="no commit yet"), _build_engine.git_clone(tmp_path, "app"):
+    with (
+        pytest.raises(ShipyardError, match="no commit yet"),
+        _build_engine.git_clone(tmp_path, "app"),
+    ):
         pass
 
 
@@ -186,10 +225,14 @@ def test_not_a_repository_or_no_commit_says_what_to_do(tmp_path: Path) -> None:
 def test_credentials_are_literals_or_secrets() -> None:
     secrets = {"REGISTRY_PASSWORD": "s3cret", "REGISTRY_USER": "robot"}
     assert auth_config("ghcr.io", "me", ["REGISTRY_PASSWORD"], secrets.__getitem__) == {
-        "username": "me", "password": "s3cret", "serveraddress": "ghcr.io"
+        "username": "me",
+        "password": "s3cret",
+        "serveraddress": "ghcr.io",
     }
     assert auth_config(None, ["REGISTRY_USER"], "literal", secrets.__getitem__) == {
-        "username": "robot", "password": "literal", "serveraddress": "https://index.docker.io/v1/"
+        "username": "robot",
+        "password": "literal",
+        "serveraddress": "https://index.docker.io/v1/",
     }
     assert auth_config("ghcr.io", None, None, secrets.__getitem__) is None
     with pytest.raises(ShipyardError, match=r"registry.password is not set"):
@@ -199,18 +242,31 @@ def test_credentials_are_literals_or_secrets() -> None:
 def test_registry_auth_reads_the_secrets_and_redacts_a_literal_password(
     shipyard_project: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shipyard_project.write_config({**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": "plain-pw"}})
+    shipyard_project.write_config(
+        {**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": "plain-pw"}}
+    )
     ctx = shipyard_project.context("build", "push")
-    assert docker_build.registry_auth(ctx) == {"username": "me", "password": "plain-pw", "serveraddress": "ghcr.io"}
+    assert docker_build.registry_auth(ctx) == {
+        "username": "me",
+        "password": "plain-pw",
+        "serveraddress": "ghcr.io",
+    }
     ctx.output.info("token plain-pw")
     assert capsys.readouterr().out == "token [REDACTED]\n"
 
-    shipyard_project.write_config({**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": ["PW"]}})
+    shipyard_project.write_config(
+        {**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": ["PW"]}}
+    )
     shipyard_project.write_secrets("PW=from-secrets\n")
-    assert docker_build.registry_auth(shipyard_project.context("build", "push"))["password"] == "from-secrets"
+    assert (
+        docker_build.registry_auth(shipyard_project.context("build", "push"))["password"]
+        == "from-secrets"
+    )
 
     shipyard_project.write_config(LOCAL)
-    assert docker_build.registry_auth(shipyard_project.context("build", "push")) is None  # local: no account
+    assert (
+        docker_build.registry_auth(shipyard_project.context("build", "push")) is None
+    )  # local: no account
 
 
 # --- the local registry ----------------------------------------------------------------
@@ -222,7 +278,11 @@ SETTINGS = LocalRegistrySettings()
     ("probe", "container", "action"),
     [
         ("registry", None, "reuse"),
-        ("registry", RegistryContainer(running=False, host_port=9999), "reuse"),  # whoever it is, it answers
+        (
+            "registry",
+            RegistryContainer(running=False, host_port=9999),
+            "reuse",
+        ),  # whoever it is, it answers
         ("other", None, "fail"),
         ("closed", None, "run"),
         ("closed", RegistryContainer(running=False, host_port=5555), "start"),
@@ -231,7 +291,9 @@ SETTINGS = LocalRegistrySettings()
         ("closed", RegistryContainer(running=False, host_port=6000), "fail"),
     ],
 )
-def test_local_registry_decision(probe: Any, container: RegistryContainer | None, action: str) -> None:
+def test_local_registry_decision(
+    probe: Any, container: RegistryContainer | None, action: str
+) -> None:
     assert decide_local_registry(5555, probe, container, SETTINGS, 404).action == action
 
 
@@ -239,19 +301,26 @@ def test_local_registry_failures_explain_themselves() -> None:
     other = decide_local_registry(5555, "other", None, SETTINGS, 404)
     assert "not as a registry (GET /v2/ returned 404)" in other.reason
     moved = decide_local_registry(5555, "closed", RegistryContainer(False, 6000), SETTINGS)
-    assert "publishes port 6000, not 5555" in moved.reason and "docker rm -f shipyard-registry" in moved.reason
+    assert (
+        "publishes port 6000, not 5555" in moved.reason
+        and "docker rm -f shipyard-registry" in moved.reason
+    )
     run = decide_local_registry(5555, "closed", None, LocalRegistrySettings(image="my/registry:1"))
     assert "my/registry:1" in run.reason and "127.0.0.1:5555" in run.reason
 
 
-@pytest.mark.parametrize(("status", "kind"), [(200, "registry"), (401, "registry"), (404, "other"), (500, "other"),
-                                             (None, "closed")])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(200, "registry"), (401, "registry"), (404, "other"), (500, "other"), (None, "closed")],
+)
 def test_probe_kind(status: int | None, kind: str) -> None:
     assert probe_kind(status) == kind
 
 
 def test_local_registry_settings() -> None:
-    assert LocalRegistrySettings.parse(None) == LocalRegistrySettings("registry:2", "shipyard-registry")
+    assert LocalRegistrySettings.parse(None) == LocalRegistrySettings(
+        "registry:2", "shipyard-registry"
+    )
     assert LocalRegistrySettings.parse({"image": "registry:local"}).image == "registry:local"
     with pytest.raises(ShipyardError) as error:
         LocalRegistrySettings.parse({"image": 3, "port": 1})
@@ -308,7 +377,10 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
-        self.build_events: list[dict[str, Any]] = [{"stream": "Step 1/1 : FROM x\n"}, {"aux": {"ID": "sha256:" + "ab" * 32}}]
+        self.build_events: list[dict[str, Any]] = [
+            {"stream": "Step 1/1 : FROM x\n"},
+            {"aux": {"ID": "sha256:" + "ab" * 32}},
+        ]
         self.push_events: list[dict[str, Any]] = []
         self.container: RegistryContainer | None = None
         self.arch = "amd64"
@@ -318,7 +390,9 @@ class FakeEngine:
 
     def build(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         context = kwargs["context"]
-        self.calls.append(("build", {**kwargs, "files": sorted(p.name for p in Path(context).iterdir())}))
+        self.calls.append(
+            ("build", {**kwargs, "files": sorted(p.name for p in Path(context).iterdir())})
+        )
         yield from self.build_events
 
     def tag(self, image: str, repository: str, tag: str) -> None:
@@ -327,7 +401,9 @@ class FakeEngine:
     def image_layers(self, reference: str) -> int:
         return 2
 
-    def push(self, repository: str, tag: str, auth: dict[str, str] | None) -> Iterator[dict[str, Any]]:
+    def push(
+        self, repository: str, tag: str, auth: dict[str, str] | None
+    ) -> Iterator[dict[str, Any]]:
         self.calls.append(("push", (repository, tag, auth)))
         yield from self.push_events
 
@@ -364,8 +440,13 @@ def test_a_registry_answering_is_reused_and_a_missing_one_started(
     assert fake.calls == []
 
     free = _free_port()
-    shipyard_project.write_config({**LOCAL, "registry": {"server": f"127.0.0.1:{free}"},
-                                   "x-shipyard": {"local_registry": {"image": "registry:local"}}})
+    shipyard_project.write_config(
+        {
+            **LOCAL,
+            "registry": {"server": f"127.0.0.1:{free}"},
+            "x-shipyard": {"local_registry": {"image": "registry:local"}},
+        }
+    )
     ctx = shipyard_project.context("build", "push")
     fake = _with_engine(ctx)
     answers = iter([None, None, 200])  # closed; still starting; up
@@ -378,7 +459,9 @@ def test_a_registry_answering_is_reused_and_a_missing_one_started(
 
 def test_a_port_taken_by_something_else_fails(shipyard_project: Project, http_answer: Any) -> None:
     http_answer.RequestHandlerClass.status = 404
-    shipyard_project.write_config({**LOCAL, "registry": {"server": f"localhost:{http_answer.server_address[1]}"}})
+    shipyard_project.write_config(
+        {**LOCAL, "registry": {"server": f"localhost:{http_answer.server_address[1]}"}}
+    )
     ctx = shipyard_project.context("build", "push")
     _with_engine(ctx)
     with pytest.raises(ShipyardError, match="not as a registry"):
@@ -386,27 +469,44 @@ def test_a_port_taken_by_something_else_fails(shipyard_project: Project, http_an
 
 
 def test_a_remote_registry_is_logged_in_to_through_the_engine(shipyard_project: Project) -> None:
-    shipyard_project.write_config({**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": ["PW"]}})
+    shipyard_project.write_config(
+        {**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": ["PW"]}}
+    )
     shipyard_project.write_secrets("PW=hunter22\n")
     ctx = shipyard_project.context("build", "push")
     fake = _with_engine(ctx)
     docker_build.prepare_registry(ctx)
-    assert fake.calls == [("login", {"username": "me", "password": "hunter22", "serveraddress": "ghcr.io"})]
+    assert fake.calls == [
+        ("login", {"username": "me", "password": "hunter22", "serveraddress": "ghcr.io"})
+    ]
 
 
 # --- reading build output --------------------------------------------------------------
 
 # Recorded from dockerd 20.10 (docker-py `APIClient.build(decode=True)`).
 CLASSIC_FAILURE: list[dict[str, Any]] = [
-    {"stream": "Step 1/4 : FROM busybox:local"}, {"stream": "\n"}, {"stream": " ---> 6400096f1647\n"},
-    {"stream": "Step 2/4 : RUN echo preparing"}, {"stream": "\n"}, {"stream": " ---> Running in c0a7bfcad51a\n"},
-    {"stream": "preparing\n"}, {"stream": "Removing intermediate container c0a7bfcad51a\n"},
+    {"stream": "Step 1/4 : FROM busybox:local"},
+    {"stream": "\n"},
+    {"stream": " ---> 6400096f1647\n"},
+    {"stream": "Step 2/4 : RUN echo preparing"},
+    {"stream": "\n"},
+    {"stream": " ---> Running in c0a7bfcad51a\n"},
+    {"stream": "preparing\n"},
+    {"stream": "Removing intermediate container c0a7bfcad51a\n"},
     {"stream": " ---> 52d76a10103d\n"},
-    {"stream": "Step 3/4 : RUN echo one && echo two >&2 && exit 3"}, {"stream": "\n"},
-    {"stream": " ---> Running in 2cfafb78b95c\n"}, {"stream": "one\n"}, {"stream": "\u001b[91mtwo\n\u001b[0m"},
+    {"stream": "Step 3/4 : RUN echo one && echo two >&2 && exit 3"},
+    {"stream": "\n"},
+    {"stream": " ---> Running in 2cfafb78b95c\n"},
+    {"stream": "one\n"},
+    {"stream": "\u001b[91mtwo\n\u001b[0m"},
     {"stream": "Removing intermediate container 2cfafb78b95c\n"},
-    {"errorDetail": {"code": 3, "message": "The command '/bin/sh -c echo one && echo two >&2 && exit 3' returned a non-zero code: 3"},
-     "error": "The command '/bin/sh -c echo one && echo two >&2 && exit 3' returned a non-zero code: 3"},
+    {
+        "errorDetail": {
+            "code": 3,
+            "message": "The command '/bin/sh -c echo one && echo two >&2 && exit 3' returned a non-zero code: 3",
+        },
+        "error": "The command '/bin/sh -c echo one && echo two >&2 && exit 3' returned a non-zero code: 3",
+    },
 ]
 
 # Recorded from `DOCKER_BUILDKIT=1 docker build --progress=plain` (CLI and dockerd 20.10).
@@ -464,7 +564,8 @@ def test_an_error_before_any_step_is_shown_alone() -> None:
     log = BuildLog()
     log.feed_event({"error": "dockerfile parse error line 2: unknown instruction: FOO"})
     assert log.failure_message("Build of app:v1").splitlines() == [
-        "Build of app:v1 failed:", "  dockerfile parse error line 2: unknown instruction: FOO"
+        "Build of app:v1 failed:",
+        "  dockerfile parse error line 2: unknown instruction: FOO",
     ]
 
 
@@ -473,7 +574,10 @@ def test_the_classic_image_id_and_steps_are_followed() -> None:
     log.feed_event({"stream": "Step 1/2 : FROM x"})
     assert not log.new_step  # the title is not complete yet
     log.feed_event({"stream": "\nStep 2/2 : CMD y\n"})
-    assert log.new_step and [s.title for s in log.steps] == ["Step 1/2 : FROM x", "Step 2/2 : CMD y"]
+    assert log.new_step and [s.title for s in log.steps] == [
+        "Step 1/2 : FROM x",
+        "Step 2/2 : CMD y",
+    ]
     log.feed_event({"aux": {"ID": "sha256:abc"}})
     assert log.image_id == "sha256:abc" and log.error is None
 
@@ -518,11 +622,30 @@ PUSH_EVENTS: list[dict[str, Any]] = [
     {"status": "Preparing", "progressDetail": {}, "id": "fce1f395f1a2"},
     {"status": "Preparing", "progressDetail": {}, "id": "17524850d21a"},
     {"status": "Mounted from lab-selftest", "progressDetail": {}, "id": "17524850d21a"},
-    {"status": "Pushing", "progressDetail": {"current": 512, "total": 1024}, "progress": "[==>  ]", "id": "fce1f395f1a2"},
-    {"status": "Pushing", "progressDetail": {"current": 1024, "total": 1024}, "progress": "[=====>]", "id": "fce1f395f1a2"},
+    {
+        "status": "Pushing",
+        "progressDetail": {"current": 512, "total": 1024},
+        "progress": "[==>  ]",
+        "id": "fce1f395f1a2",
+    },
+    {
+        "status": "Pushing",
+        "progressDetail": {"current": 1024, "total": 1024},
+        "progress": "[=====>]",
+        "id": "fce1f395f1a2",
+    },
     {"status": "Pushed", "progressDetail": {}, "id": "fce1f395f1a2"},
-    {"status": "v1: digest: sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4 size: 735"},
-    {"progressDetail": {}, "aux": {"Tag": "v1", "Digest": "sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4", "Size": 735}},
+    {
+        "status": "v1: digest: sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4 size: 735"
+    },
+    {
+        "progressDetail": {},
+        "aux": {
+            "Tag": "v1",
+            "Digest": "sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4",
+            "Size": 735,
+        },
+    },
 ]
 
 
@@ -540,7 +663,9 @@ def test_push_progress_counts_layers_and_shows_each_change_once() -> None:
         "fce1f395f1a2: Pushed",
         "v1: digest: sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4 size: 735",
     ]
-    assert tracker.digest == "sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4"
+    assert (
+        tracker.digest == "sha256:50dd291dcde75c536719a99adf474e78c228ad63e18941200d36afcaaf36b5b4"
+    )
     assert tracker.error is None
 
 
@@ -548,25 +673,40 @@ def test_a_push_error_fails_with_a_hint(shipyard_project: Project) -> None:
     shipyard_project.write_config({**LOCAL, "registry": {"server": "ghcr.io"}})
     ctx = shipyard_project.context("build", "push", version="v1")
     fake = _with_engine(ctx)
-    fake.push_events = [{"status": "Preparing", "id": "aa"},
-                        {"errorDetail": {"message": "unauthorized: authentication required"}, "error": "unauthorized"}]
-    with pytest.raises(ShipyardError, match=r"Pushing ghcr.io/app:v1 failed: unauthorized: authentication required "
-                                            r"\(check registry.username and registry.password\)"):
-        docker_build.shipyard_push(ctx, BuildResult("sha256:x", ("ghcr.io/app:v1", "ghcr.io/app:latest")))
+    fake.push_events = [
+        {"status": "Preparing", "id": "aa"},
+        {
+            "errorDetail": {"message": "unauthorized: authentication required"},
+            "error": "unauthorized",
+        },
+    ]
+    with pytest.raises(
+        ShipyardError,
+        match=r"Pushing ghcr.io/app:v1 failed: unauthorized: authentication required "
+        r"\(check registry.username and registry.password\)",
+    ):
+        docker_build.shipyard_push(
+            ctx, BuildResult("sha256:x", ("ghcr.io/app:v1", "ghcr.io/app:latest"))
+        )
     assert [c[0] for c in fake.calls] == ["push"]  # stopped at the first failure
 
 
 def test_push_pushes_both_tags_with_the_credentials(shipyard_project: Project) -> None:
-    shipyard_project.write_config({**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": ["PW"]}})
+    shipyard_project.write_config(
+        {**LOCAL, "registry": {"server": "ghcr.io", "username": "me", "password": ["PW"]}}
+    )
     shipyard_project.write_secrets("PW=hunter22\n")
     ctx = shipyard_project.context("build", "push", version="v1")
     fake = _with_engine(ctx)
     fake.push_events = PUSH_EVENTS
-    result = docker_build.shipyard_push(ctx, BuildResult("sha256:x", ("ghcr.io/app:v1", "ghcr.io/app:latest")))
+    result = docker_build.shipyard_push(
+        ctx, BuildResult("sha256:x", ("ghcr.io/app:v1", "ghcr.io/app:latest"))
+    )
     assert result.references == ("ghcr.io/app:v1", "ghcr.io/app:latest")
     auth = {"username": "me", "password": "hunter22", "serveraddress": "ghcr.io"}
     assert [c for c in fake.calls if c[0] == "push"] == [
-        ("push", ("ghcr.io/app", "v1", auth)), ("push", ("ghcr.io/app", "latest", auth))
+        ("push", ("ghcr.io/app", "v1", auth)),
+        ("push", ("ghcr.io/app", "latest", auth)),
     ]
 
 
@@ -575,7 +715,7 @@ def test_push_pushes_both_tags_with_the_credentials(shipyard_project: Project) -
 
 def _app(project: Project, config: dict[str, Any]) -> None:
     project.write_config(config)
-    project.write("Dockerfile", "FROM busybox:local\nCMD [\"true\"]\n")
+    project.write("Dockerfile", 'FROM busybox:local\nCMD ["true"]\n')
     project.write("committed.txt", "yes\n")
     project.git_init()
     project.write("dirty.txt", "not committed\n")
@@ -591,13 +731,24 @@ def test_the_default_build_uses_the_clone_and_passes_every_setting(
 
     set_build_options(ctx, BuildOptions(no_cache=True))
     result = docker_build.shipyard_build(ctx)
-    assert result == BuildResult("sha256:" + "ab" * 32, ("localhost:5555/app:v1", "localhost:5555/app:latest"))
+    assert result == BuildResult(
+        "sha256:" + "ab" * 32, ("localhost:5555/app:v1", "localhost:5555/app:latest")
+    )
     (name, build), tag = fake.calls
     assert name == "build"
-    assert build["files"] == [".git", "Dockerfile", "committed.txt", "config"]  # no dirty.txt: a clean clone
+    assert build["files"] == [
+        ".git",
+        "Dockerfile",
+        "committed.txt",
+        "config",
+    ]  # no dirty.txt: a clean clone
     assert build["dockerfile"] == Path(build["context"]) / "Dockerfile"
     assert (build["tag"], build["args"], build["labels"], build["target"], build["no_cache"]) == (
-        "localhost:5555/app:v1", {"A": "1", "FLAG": "true"}, {"service": "app"}, "prod", True
+        "localhost:5555/app:v1",
+        {"A": "1", "FLAG": "true"},
+        {"service": "app"},
+        "prod",
+        True,
     )
     assert tag == ("tag", ("sha256:" + "ab" * 32, "localhost:5555/app", "latest"))
     assert not Path(build["context"]).exists()  # the clone is gone
@@ -621,17 +772,26 @@ def test_a_failed_build_raises_the_step_and_tags_nothing(shipyard_project: Proje
     fake.build_events = CLASSIC_FAILURE
     with pytest.raises(ShipyardError) as error:
         docker_build.shipyard_build(ctx)
-    assert str(error.value).startswith("Build of localhost:5555/app:v1 failed at Step 3/4 : RUN echo one")
+    assert str(error.value).startswith(
+        "Build of localhost:5555/app:v1 failed at Step 3/4 : RUN echo one"
+    )
     assert [c[0] for c in fake.calls] == ["build"]
 
 
-def test_builder_arch_must_include_the_engine_s(shipyard_project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+def test_builder_arch_must_include_the_engine_s(
+    shipyard_project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
     _app(shipyard_project, {**LOCAL, "builder": {"arch": "arm64"}})
     ctx = shipyard_project.context("build", "push", version="v1")
     _with_engine(ctx)
-    with pytest.raises(ShipyardError, match=r"builder\.arch is arm64, but this engine builds amd64 images only"):
+    with pytest.raises(
+        ShipyardError, match=r"builder\.arch is arm64, but this engine builds amd64 images only"
+    ):
         docker_build.shipyard_build(ctx)
-    _app(shipyard_project, {**LOCAL, "builder": {"arch": ["amd64", "arm64"], "cache": {"type": "gha"}}})
+    _app(
+        shipyard_project,
+        {**LOCAL, "builder": {"arch": ["amd64", "arm64"], "cache": {"type": "gha"}}},
+    )
     ctx = shipyard_project.context("build", "push", version="v1")
     _with_engine(ctx)
     docker_build.shipyard_build(ctx)
@@ -657,17 +817,41 @@ def test_the_buildkit_command_carries_secret_files_never_values(tmp_path: Path) 
     path = docker_build._write_private(tmp_path / "secret-0", value)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == value
     command = buildkit_command(
-        "/usr/bin/docker", context=tmp_path, dockerfile=tmp_path / "Dockerfile", tags=["r/app:v1", "r/app:latest"],
-        labels={"service": "app"}, args={"A": "1"}, target="prod", no_cache=True,
-        secret_files={"NPM_TOKEN": path}, iidfile=tmp_path / "iid",
+        "/usr/bin/docker",
+        context=tmp_path,
+        dockerfile=tmp_path / "Dockerfile",
+        tags=["r/app:v1", "r/app:latest"],
+        labels={"service": "app"},
+        args={"A": "1"},
+        target="prod",
+        no_cache=True,
+        secret_files={"NPM_TOKEN": path},
+        iidfile=tmp_path / "iid",
     )
     assert command.env == {"DOCKER_BUILDKIT": "1"}
     assert value not in " ".join(command.argv)
     assert list(command.argv) == [
-        "/usr/bin/docker", "build", "--progress=plain", "--iidfile", str(tmp_path / "iid"),
-        "--tag", "r/app:v1", "--tag", "r/app:latest", "--label", "service=app", "--build-arg", "A=1",
-        "--secret", f"id=NPM_TOKEN,src={path}", "--file", str(tmp_path / "Dockerfile"), "--target", "prod",
-        "--no-cache", str(tmp_path),
+        "/usr/bin/docker",
+        "build",
+        "--progress=plain",
+        "--iidfile",
+        str(tmp_path / "iid"),
+        "--tag",
+        "r/app:v1",
+        "--tag",
+        "r/app:latest",
+        "--label",
+        "service=app",
+        "--build-arg",
+        "A=1",
+        "--secret",
+        f"id=NPM_TOKEN,src={path}",
+        "--file",
+        str(tmp_path / "Dockerfile"),
+        "--target",
+        "prod",
+        "--no-cache",
+        str(tmp_path),
     ]
 
 
@@ -677,12 +861,15 @@ def test_secret_names_must_be_buildkit_ids() -> None:
         check_secret_names(["A,B"])
 
 
-@pytest.mark.parametrize(("text", "builtin"), [
-    ("Docker version 20.10.24+dfsg1, build 297e128", True),
-    ("Docker version 22.06.0-beta.0, build x", True),
-    ("Docker version 28.2.2, build e6534b4", False),
-    ("nonsense", False),
-])
+@pytest.mark.parametrize(
+    ("text", "builtin"),
+    [
+        ("Docker version 20.10.24+dfsg1, build 297e128", True),
+        ("Docker version 22.06.0-beta.0, build x", True),
+        ("Docker version 28.2.2, build e6534b4", False),
+        ("nonsense", False),
+    ],
+)
 def test_which_clis_have_buildkit_built_in(text: str, builtin: bool) -> None:
     assert cli_has_builtin_buildkit(text) is builtin
 
@@ -709,9 +896,14 @@ def test_a_buildkit_cli_is_found_or_the_error_says_what_was_tried(
     with_buildx = _fake_cli(tmp_path / "buildx", "28.2.2", buildx=True)
     monkeypatch.setattr(_build_engine, "_docker_clis", lambda: [str(with_buildx), str(old)])
     assert _build_engine.find_buildkit_cli() == str(with_buildx)
-    assert _build_engine.find_buildkit_cli(str(old)) == str(old)  # x-shipyard.docker_build.buildkit_cli
+    assert _build_engine.find_buildkit_cli(str(old)) == str(
+        old
+    )  # x-shipyard.docker_build.buildkit_cli
     monkeypatch.setattr(_build_engine, "_docker_clis", lambda: [str(new)])
-    with pytest.raises(ShipyardError, match=r"install the buildx plugin.*tried: .*Docker version 28.2.2, build x, no buildx"):
+    with pytest.raises(
+        ShipyardError,
+        match=r"install the buildx plugin.*tried: .*Docker version 28.2.2, build x, no buildx",
+    ):
         _build_engine.find_buildkit_cli()
 
 
@@ -755,10 +947,19 @@ def test_build_push_fires_the_hooks_in_order_and_passes_no_cache(
 ) -> None:
     shipyard_project.write_config(LOCAL)
     shipyard_project.write_hooks_py(REPLACING_PLUGIN)
-    shipyard_project.run("build", "push", "--no-cache", "--version", "v9", "--no-plugin", "docker_build").assert_ok()
-    names = [n for n in shipyard_hook_recorder.names() if n in ("pre_connect", "pre_build", "build", "push", "post_push")]
+    shipyard_project.run(
+        "build", "push", "--no-cache", "--version", "v9", "--no-plugin", "docker_build"
+    ).assert_ok()
+    names = [
+        n
+        for n in shipyard_hook_recorder.names()
+        if n in ("pre_connect", "pre_build", "build", "push", "post_push")
+    ]
     assert names == ["pre_connect", "pre_build", "build", "push", "post_push"]
-    assert shipyard_hook_recorder.getcalls("push")[0].result.references == ("r/app:v9", "r/app:no-cache-True")
+    assert shipyard_hook_recorder.getcalls("push")[0].result.references == (
+        "r/app:v9",
+        "r/app:no-cache-True",
+    )
 
 
 def test_a_failing_pre_build_hook_stops_before_the_build(
@@ -767,7 +968,9 @@ def test_a_failing_pre_build_hook_stops_before_the_build(
     shipyard_project.write_config(LOCAL)
     shipyard_project.write_hooks_py(REPLACING_PLUGIN)
     shipyard_project.write_shell_hook("pre-build", "#!/bin/sh\necho not today\nexit 1\n")
-    result = shipyard_project.run("build", "push", "--version", "v9", "--no-plugin", "docker_build").assert_failed(1)
+    result = shipyard_project.run(
+        "build", "push", "--version", "v9", "--no-plugin", "docker_build"
+    ).assert_failed(1)
     assert "not today" in result.stderr
     assert "build" not in shipyard_hook_recorder.names()
 
@@ -780,14 +983,24 @@ def test_build_dev_and_details_need_the_plugin(shipyard_project: Project) -> Non
 
 
 def test_details_text() -> None:
-    text = docker_build.details_text({
-        "engine": {"address": "unix:///var/run/docker.sock", "version": "20.10.24", "api_version": "1.41",
-                   "platform": "linux/amd64"},
-        "builder": "classic", "secrets_builder": "BuildKit via the docker build CLI", "context": "git clone of HEAD",
-        "dockerfile": "Dockerfile", "repository": "localhost:5555/app",
-        "tags": ["localhost:5555/app:v1", "localhost:5555/app:latest"], "registry": "localhost:5555",
-        "local_registry": True,
-    })
+    text = docker_build.details_text(
+        {
+            "engine": {
+                "address": "unix:///var/run/docker.sock",
+                "version": "20.10.24",
+                "api_version": "1.41",
+                "platform": "linux/amd64",
+            },
+            "builder": "classic",
+            "secrets_builder": "BuildKit via the docker build CLI",
+            "context": "git clone of HEAD",
+            "dockerfile": "Dockerfile",
+            "repository": "localhost:5555/app",
+            "tags": ["localhost:5555/app:v1", "localhost:5555/app:latest"],
+            "registry": "localhost:5555",
+            "local_registry": True,
+        }
+    )
     assert text.splitlines() == [
         "Engine:     Docker 20.10.24 (API 1.41, linux/amd64) at unix:///var/run/docker.sock",
         "Builder:    classic (builder.secrets: BuildKit via the docker build CLI)",
@@ -801,6 +1014,11 @@ def test_details_text() -> None:
 
 def test_the_plugin_imports_no_docker_until_it_builds() -> None:
     code = "import sys, shipyard.plugins.docker_build, shipyard.core.build; print('docker' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": ""})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert result.stdout.strip() == "False"

@@ -41,8 +41,12 @@ def test_every_package_folder_is_installed_under_the_shipyard_namespace() -> Non
     packages = set(pyproject["tool"]["setuptools"]["packages"])
     mapping = pyproject["tool"]["setuptools"]["package-dir"]
     found = set()
-    for top, package in (("core", "shipyard.core"), ("plugins", "shipyard.plugins"), ("proxy", "shipyard.proxy"),
-                         ("templates", "shipyard.templates")):
+    for top, package in (
+        ("core", "shipyard.core"),
+        ("plugins", "shipyard.plugins"),
+        ("proxy", "shipyard.proxy"),
+        ("templates", "shipyard.templates"),
+    ):
         assert mapping[package] == top
         for init in (ROOT / top).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / top)
@@ -56,7 +60,9 @@ def in_fresh_interpreter(code: str) -> str:
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_cli_start_up_does_not_import_heavy_libraries() -> None:

@@ -49,7 +49,11 @@ def test_json_mode_writes_one_object_per_event() -> None:
     output.data("config", {"a": 1}, "a: 1")
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r.get("level", r.get("event")) for r in records] == ["info", "debug", "config"]
-    assert records[0]["host"] == "h1" and records[0]["version"] == "v1" and records[0]["time"].endswith("Z")
+    assert (
+        records[0]["host"] == "h1"
+        and records[0]["version"] == "v1"
+        and records[0]["time"].endswith("Z")
+    )
     assert err.getvalue() == ""
 
 

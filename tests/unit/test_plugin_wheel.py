@@ -15,7 +15,7 @@ import pytest
 from shipyard.core.errors import HookAbort
 from shipyard.core.testing import MINIMAL_CONFIG, Project
 
-HELLO_PLUGIN = '''
+HELLO_PLUGIN = """
 import os
 
 import click
@@ -41,7 +41,7 @@ def hello(ctx, name):
 @hookimpl
 def shipyard_commands(cli):
     cli.add_command(hello)
-'''
+"""
 
 BROKEN_PLUGIN = "raise ImportError('the broken plugin is broken')\n"
 
@@ -71,9 +71,14 @@ def _build_and_install(tmp: Path, dist: str, module: str, source: str) -> None:
     )
     wheels = tmp / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(project)], check=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(project)],
+        check=True,
+    )
     wheel = next(wheels.glob(f"{dist.replace('-', '_')}-1.2.3-*.whl"))
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--force-reinstall", str(wheel)], check=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--force-reinstall", str(wheel)], check=True
+    )
 
 
 def _uninstall(dist: str) -> None:
@@ -91,7 +96,9 @@ def installed(tmp: Path, dist: str, module: str, source: str) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def hello_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with installed(tmp_path_factory.mktemp("hello"), "shipyard-hello", "shipyard_hello", HELLO_PLUGIN):
+    with installed(
+        tmp_path_factory.mktemp("hello"), "shipyard-hello", "shipyard_hello", HELLO_PLUGIN
+    ):
         yield
 
 
@@ -102,13 +109,18 @@ def autoload(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("hello_plugin", "autoload")
 class TestInstalledPlugin:
-    def test_listed_with_its_distribution_version_and_hooks(self, shipyard_project: Project) -> None:
+    def test_listed_with_its_distribution_version_and_hooks(
+        self, shipyard_project: Project
+    ) -> None:
         lines = shipyard_project.run("plugins").assert_ok().stdout.splitlines()
         row = next(line for line in lines if line.startswith("hello "))
         assert row.split() == ["hello", "entry", "point", "1.2.3", "commands,", "pre_deploy"]
 
     def test_adds_a_cli_command(self, shipyard_project: Project) -> None:
-        assert shipyard_project.run("hello", "--name", "ship").assert_ok().stdout == "hello ship from hello\n"
+        assert (
+            shipyard_project.run("hello", "--name", "ship").assert_ok().stdout
+            == "hello ship from hello\n"
+        )
         help_text = shipyard_project.run("--help").assert_ok().stdout
         assert "Plugin commands" in help_text and "Say hello from an installed plugin." in help_text
 
@@ -120,9 +132,14 @@ class TestInstalledPlugin:
         ctx = shipyard_project.context("deploy", version="v1")
         with pytest.raises(HookAbort) as aborted:
             ctx.hooks.pre_deploy(ctx)
-        assert str(aborted.value) == "Hook `pre-deploy` in plugin 'hello' aborted: hello says no: tests are red"
+        assert (
+            str(aborted.value)
+            == "Hook `pre-deploy` in plugin 'hello' aborted: hello says no: tests are red"
+        )
 
-    def test_no_plugin_turns_it_off(self, shipyard_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_no_plugin_turns_it_off(
+        self, shipyard_project: Project, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         listing = shipyard_project.run("plugins", "--no-plugin", "hello").assert_ok().stdout
         assert "hello" not in listing
         missing = shipyard_project.run("--no-plugin", "hello", "hello")
@@ -133,7 +150,10 @@ class TestInstalledPlugin:
         ctx.hooks.pre_deploy(ctx)  # no veto: the plugin is not loaded
 
     def test_environment_variables_turn_it_off(self, shipyard_project: Project) -> None:
-        for env in ({"SHIPYARD_DISABLE_PLUGINS": "other,hello"}, {"SHIPYARD_DISABLE_PLUGIN_AUTOLOAD": "1"}):
+        for env in (
+            {"SHIPYARD_DISABLE_PLUGINS": "other,hello"},
+            {"SHIPYARD_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        ):
             assert "hello" not in shipyard_project.run("plugins", env=env).assert_ok().stdout
 
 

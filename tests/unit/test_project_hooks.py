@@ -40,14 +40,19 @@ def test_raising_hook_abort_aborts_with_the_plugin_named(project: Project) -> No
         """
     )
     ctx = project.context("deploy", version="v1")
-    with pytest.raises(HookAbort, match=r"^Hook `pre-deploy` in plugin 'project' aborted: change freeze until Monday$"):
+    with pytest.raises(
+        HookAbort,
+        match=r"^Hook `pre-deploy` in plugin 'project' aborted: change freeze until Monday$",
+    ):
         ctx.hooks.pre_deploy(ctx)
 
 
 def test_a_bug_in_a_hook_is_reported_as_a_plugin_error(project: Project) -> None:
     project.write_hooks_py("def shipyard_pre_deploy(ctx):\n    return 1 / 0\n")
     ctx = project.context("deploy", version="v1")
-    with pytest.raises(PluginError, match=r"plugin 'project' failed in hook `pre-deploy`: ZeroDivisionError"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'project' failed in hook `pre-deploy`: ZeroDivisionError"
+    ):
         ctx.hooks.pre_deploy(ctx)
 
 
@@ -64,14 +69,20 @@ def test_it_has_the_final_say_over_built_ins(project: Project) -> None:
     )
     result = project.run("secrets", "fetch", "-a", "test", "TOKEN").assert_ok()
     assert result.stdout.strip() == '{"TOKEN": "from hooks.py"}'
-    assert project.run("-H", "secrets", "fetch", "-a", "test", "TOKEN").assert_ok().stdout.strip() == '{"TOKEN": "NEKOT"}'
+    assert (
+        project.run("-H", "secrets", "fetch", "-a", "test", "TOKEN").assert_ok().stdout.strip()
+        == '{"TOKEN": "NEKOT"}'
+    )
 
 
 def test_an_import_error_names_file_and_line(project: Project) -> None:
     project.write_hooks_py("import os\n\nVALUE = os.environ['DEFINITELY_NOT_SET_ANYWHERE']\n")
     result = project.run("plugins")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: .shipyard/hooks.py:3: KeyError: 'DEFINITELY_NOT_SET_ANYWHERE'"
+    assert (
+        result.stderr.strip()
+        == "Error: .shipyard/hooks.py:3: KeyError: 'DEFINITELY_NOT_SET_ANYWHERE'"
+    )
 
 
 def test_a_syntax_error_names_file_and_line(project: Project) -> None:
@@ -97,11 +108,20 @@ def test_listed_as_a_local_file_and_skipped_by_skip_hooks(project: Project) -> N
     assert "project" not in project.run("plugins", "-H").assert_ok().stdout
 
 
-def test_recorder_sees_command_hooks_in_order(project: Project, shipyard_hook_recorder: HookRecorder) -> None:
-    project.write_hooks_py("def shipyard_pre_command(ctx):\n    ctx.output.info('pre ' + ctx.command)\n")
+def test_recorder_sees_command_hooks_in_order(
+    project: Project, shipyard_hook_recorder: HookRecorder
+) -> None:
+    project.write_hooks_py(
+        "def shipyard_pre_command(ctx):\n    ctx.output.info('pre ' + ctx.command)\n"
+    )
     result = project.run("version").assert_ok()
     assert result.stdout.splitlines()[0] == "pre version"
-    assert shipyard_hook_recorder.names() == ["configure", "pre_command", "post_command", "unconfigure"]
+    assert shipyard_hook_recorder.names() == [
+        "configure",
+        "pre_command",
+        "post_command",
+        "unconfigure",
+    ]
     outcome = shipyard_hook_recorder.getcalls("post_command")[0].kwargs["outcome"]
     assert outcome.exit_code == 0 and outcome.error is None
 

@@ -59,7 +59,11 @@ def test_files_are_read_in_order_and_destination_replaces_the_plain_file(tmp_pat
     base.write_text("B=plain\n")
     (tmp_path / ".shipyard/secrets.prod").write_text("B=prod\nC=${A}-prod\n")
     assert Secrets(secrets_files(base, None)).all() == {"A": "common", "B": "plain"}
-    assert Secrets(secrets_files(base, "prod")).all() == {"A": "common", "B": "prod", "C": "common-prod"}
+    assert Secrets(secrets_files(base, "prod")).all() == {
+        "A": "common",
+        "B": "prod",
+        "C": "common-prod",
+    }
 
 
 def test_a_missing_secret_names_the_key_and_the_files(tmp_path: Path) -> None:
@@ -80,7 +84,9 @@ def test_loading_is_lazy(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-def test_loaded_values_are_redacted_from_all_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_loaded_values_are_redacted_from_all_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = tmp_path / "secrets"
     base.write_text('TOKEN=s3cr3t-token\nKEY="-----BEGIN-----\nline-two-of-key\n-----END-----"\n')
     output = Output()

@@ -8,7 +8,11 @@ import pytest
 from shipyard.core import remote_docker
 from shipyard.core.testing import FakeTransportKit, Project
 
-CONFIG = {"service": "app", "image": "acme/app", "servers": {"web": ["web-1", "web-2"], "jobs": ["job-10"]}}
+CONFIG = {
+    "service": "app",
+    "image": "acme/app",
+    "servers": {"web": ["web-1", "web-2"], "jobs": ["job-10"]},
+}
 
 
 @pytest.fixture
@@ -48,7 +52,9 @@ def test_lock_acquire_is_one_atomic_command_with_details_on_stdin(
     assert "job-10" not in shipyard_fake_transport.commands
 
 
-def test_lock_held_reports_the_holder(project: Project, shipyard_fake_transport: FakeTransportKit) -> None:
+def test_lock_held_reports_the_holder(
+    project: Project, shipyard_fake_transport: FakeTransportKit
+) -> None:
     # The holder's details come back from the same round trip that failed to take the lock.
     details = "Locked by: x at 2026-01-01T00:00:00Z\nVersion: v1\nMessage: m\n"
     shipyard_fake_transport.respond(r"mkdir", exit_status=3, stdout=details)
@@ -73,13 +79,19 @@ def test_a_lock_without_details_is_looked_at_again(
     assert "Locked (no details)" in result.stderr
 
 
-def test_lock_status_without_a_lock(project: Project, shipyard_fake_transport: FakeTransportKit) -> None:
+def test_lock_status_without_a_lock(
+    project: Project, shipyard_fake_transport: FakeTransportKit
+) -> None:
     shipyard_fake_transport.respond(r"^sh -c .test -d", exit_status=3)
     assert project.run("lock", "status").assert_ok().stdout == "There is no deploy lock\n"
 
 
-def test_registry_password_goes_on_stdin(project: Project, shipyard_fake_transport: FakeTransportKit) -> None:
-    project.write_config({**CONFIG, "registry": {"server": "reg.example.com", "username": "me", "password": ["PW"]}})
+def test_registry_password_goes_on_stdin(
+    project: Project, shipyard_fake_transport: FakeTransportKit
+) -> None:
+    project.write_config(
+        {**CONFIG, "registry": {"server": "reg.example.com", "username": "me", "password": ["PW"]}}
+    )
     project.write_secrets("PW=pa55word-secret\n")
     result = project.run("registry", "login", "-L").assert_ok()
     sent = shipyard_fake_transport.commands["web-1"][0]
@@ -95,11 +107,33 @@ def test_registry_login_is_refused_for_a_local_registry(project: Project) -> Non
 
 def test_docker_run_argv_keeps_values_whole() -> None:
     argv = remote_docker.run(
-        "img:1", name="app-web-1", network="shipyard", env={"A": "x y $(z)"}, container_labels={"service": "app"},
-        options={"memory": "1g", "cap-add": ["NET_ADMIN", "SYS_TIME"], "init": True}, cmd=["bin/run", "--flag"],
+        "img:1",
+        name="app-web-1",
+        network="shipyard",
+        env={"A": "x y $(z)"},
+        container_labels={"service": "app"},
+        options={"memory": "1g", "cap-add": ["NET_ADMIN", "SYS_TIME"], "init": True},
+        cmd=["bin/run", "--flag"],
     )
     assert argv == [
-        "docker", "run", "--detach", "--restart", "unless-stopped", "--name", "app-web-1", "--network", "shipyard",
-        "--env", "A=x y $(z)", "--label", "service=app", "--memory=1g", "--cap-add=NET_ADMIN", "--cap-add=SYS_TIME",
-        "--init", "img:1", "bin/run", "--flag",
+        "docker",
+        "run",
+        "--detach",
+        "--restart",
+        "unless-stopped",
+        "--name",
+        "app-web-1",
+        "--network",
+        "shipyard",
+        "--env",
+        "A=x y $(z)",
+        "--label",
+        "service=app",
+        "--memory=1g",
+        "--cap-add=NET_ADMIN",
+        "--cap-add=SYS_TIME",
+        "--init",
+        "img:1",
+        "bin/run",
+        "--flag",
     ]

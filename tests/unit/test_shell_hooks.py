@@ -64,7 +64,11 @@ def test_group_hooks_see_their_group_and_no_secrets(
     ctx = project.context("app", "boot", version="v1", roles=("web",))
     ctx.hooks.pre_app_boot(ctx, ["w2"])
     env = dumped(tmp_path / "env")
-    assert (env["SHIPYARD_HOSTS"], env["SHIPYARD_ROLES"], env["SHIPYARD_SUBCOMMAND"]) == ("w2", "web", "boot")
+    assert (env["SHIPYARD_HOSTS"], env["SHIPYARD_ROLES"], env["SHIPYARD_SUBCOMMAND"]) == (
+        "w2",
+        "web",
+        "boot",
+    )
     assert "DB_PASSWORD" not in env
 
 
@@ -78,11 +82,17 @@ def test_post_deploy_gets_the_runtime_and_destination(
     ctx = project.context("deploy", version="v1", destination="staging")
     ctx.hooks.post_deploy(ctx, 12.6)
     env = dumped(tmp_path / "env")
-    assert (env["SHIPYARD_RUNTIME"], env["SHIPYARD_DESTINATION"], env["DB_PASSWORD"]) == ("13", "staging", "staging-pw")
+    assert (env["SHIPYARD_RUNTIME"], env["SHIPYARD_DESTINATION"], env["DB_PASSWORD"]) == (
+        "13",
+        "staging",
+        "staging-pw",
+    )
 
 
 def test_a_non_zero_exit_aborts_and_shows_the_output(project: Project) -> None:
-    project.write_shell_hook("pre-build", "#!/bin/sh\necho 'checking tree'\necho 'tree is dirty' >&2\nexit 3\n")
+    project.write_shell_hook(
+        "pre-build", "#!/bin/sh\necho 'checking tree'\necho 'tree is dirty' >&2\nexit 3\n"
+    )
     ctx = project.context("build", "push", version="v1", no_plugins=WITHOUT_BUILDER)
     with pytest.raises(HookFailed) as failed:
         ctx.hooks.pre_build(ctx)
@@ -91,7 +101,9 @@ def test_a_non_zero_exit_aborts_and_shows_the_output(project: Project) -> None:
 
 def test_skip_hooks_skips_them(project: Project, tmp_path: Path) -> None:
     project.write_shell_hook("pre-build", "#!/bin/sh\nexit 1\n")
-    ctx = project.context("build", "push", version="v1", skip_hooks=True, no_plugins=WITHOUT_BUILDER)
+    ctx = project.context(
+        "build", "push", version="v1", skip_hooks=True, no_plugins=WITHOUT_BUILDER
+    )
     ctx.hooks.pre_build(ctx)
 
 
@@ -107,8 +119,9 @@ def test_user_hooks_in_home_run_after_the_projects(project: Project, tmp_path: P
     assert log.read_text().split() == ["project", "user"]
 
 
-def test_a_kamal_project_uses_dot_kamal_hooks_and_secrets(shipyard_project: Project, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kamal_project_uses_dot_kamal_hooks_and_secrets(
+    shipyard_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shipyard_project.write_config(CONFIG)
     shipyard_project.write(".kamal/secrets", "DB_PASSWORD=from-kamal\n")
     shipyard_project.write_shell_hook("pre-deploy", DUMP_ENV, directory=".kamal/hooks")
@@ -119,7 +132,9 @@ def test_a_kamal_project_uses_dot_kamal_hooks_and_secrets(shipyard_project: Proj
     assert env["DB_PASSWORD"] == "from-kamal" and env["KAMAL_VERSION"] == "v1"
 
 
-def test_a_non_executable_hook_is_skipped_with_a_warning(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_non_executable_hook_is_skipped_with_a_warning(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
     hook = project.write(".shipyard/hooks/pre-build", "#!/bin/sh\nexit 1\n")
     hook.chmod(0o644)
     ctx = project.context("build", "push", version="v1", no_plugins=WITHOUT_BUILDER)
@@ -142,7 +157,12 @@ def test_pre_connect_runs_once_before_the_first_connection(
 def test_every_lifecycle_event_has_a_bridge() -> None:
     for event in LIFECYCLE_EVENTS:
         assert callable(getattr(shell_hooks, f"shipyard_{event}")), event
-    assert [shell_hook_name(e) for e in LIFECYCLE_EVENTS][:4] == ["pre-connect", "pre-build", "post-push", "pre-deploy"]
+    assert [shell_hook_name(e) for e in LIFECYCLE_EVENTS][:4] == [
+        "pre-connect",
+        "pre-build",
+        "post-push",
+        "pre-deploy",
+    ]
 
 
 def test_plugins_lists_shell_hooks(project: Project) -> None:

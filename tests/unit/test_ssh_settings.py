@@ -134,7 +134,9 @@ def test_ssh_config_applies_where_deploy_yml_is_silent() -> None:
 
 def test_explicit_deploy_yml_values_win_over_ssh_config() -> None:
     lookup = table({"web1": {"user": "deploy", "port": "2222", "identityfile": ["/k/config_key"]}})
-    settings = resolve(ssh(user="app", port=22, keys=["/k/yml_key"]), "web1", lookup=lookup, environ={})
+    settings = resolve(
+        ssh(user="app", port=22, keys=["/k/yml_key"]), "web1", lookup=lookup, environ={}
+    )
     assert (settings.user, settings.port) == ("app", 22)
     # Keys add up: deploy.yml's first.
     assert settings.key_files == ("/k/yml_key", "/k/config_key")
@@ -163,7 +165,9 @@ def test_key_data_comes_from_secrets_and_is_never_shown() -> None:
 
 
 def test_environment_adds_known_hosts_files() -> None:
-    settings = resolve(ssh(), "h", environ={KNOWN_HOSTS_ENV: f"/lab/known_hosts{os.pathsep}/lab/more"})
+    settings = resolve(
+        ssh(), "h", environ={KNOWN_HOSTS_ENV: f"/lab/known_hosts{os.pathsep}/lab/more"}
+    )
     assert settings.known_hosts_files[:2] == ("/lab/known_hosts", "/lab/more")
 
 
@@ -177,7 +181,9 @@ def test_proxy_jump_host_gets_its_own_settings() -> None:
         "bastion": {"hostname": "10.0.0.1", "identityfile": ["/k/bastion"], "userknownhostsfile": "/kh/bastion"},
         "web1": {"hostname": "10.0.0.2"},
     })  # fmt: skip
-    settings = resolve(ssh(proxy="bastion", user="app", keys=["/k/app"]), "web1", lookup=lookup, environ={})
+    settings = resolve(
+        ssh(proxy="bastion", user="app", keys=["/k/app"]), "web1", lookup=lookup, environ={}
+    )
     (jump,) = settings.jumps
     assert (jump.host, jump.hostname, jump.port, jump.user) == ("bastion", "10.0.0.1", 22, "app")
     assert jump.key_files == ("/k/app", "/k/bastion")
@@ -206,10 +212,14 @@ def test_ssh_config_proxy_jump_and_chains() -> None:
 
 
 def test_proxy_command_tokens() -> None:
-    settings = resolve(ssh(proxy_command="nc -X 5 -x proxy:1080 %h %p # %r %%"), "10.0.0.9", environ={})
+    settings = resolve(
+        ssh(proxy_command="nc -X 5 -x proxy:1080 %h %p # %r %%"), "10.0.0.9", environ={}
+    )
     assert settings.proxy_command == "nc -X 5 -x proxy:1080 10.0.0.9 22 # root %"
     assert substitute_proxy_command("%x %h", "h", 1, "u") == "%x h"
-    from_config = resolve(ssh(), "h", lookup=table({"h": {"proxycommand": "ssh -W h:22 gw"}}), environ={})
+    from_config = resolve(
+        ssh(), "h", lookup=table({"h": {"proxycommand": "ssh -W h:22 gw"}}), environ={}
+    )
     assert from_config.proxy_command == "ssh -W h:22 gw"
 
 
@@ -277,11 +287,19 @@ def test_settings_for_reads_files_named_by_the_config(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- ssh -t argv
 
 
-NASTY = ["printf", "%s", "a $(touch pwned) `touch pwned2` 'single' \"double\"\nnew line; touch pwned3 | & * ~ $HOME\\"]
+NASTY = [
+    "printf",
+    "%s",
+    "a $(touch pwned) `touch pwned2` 'single' \"double\"\nnew line; touch pwned3 | & * ~ $HOME\\",
+]
 
 
 def option(argv: list[str], name: str) -> list[str]:
-    return [argv[i + 1].split("=", 1)[1] for i, a in enumerate(argv[:-1]) if a == "-o" and argv[i + 1].startswith(name + "=")]
+    return [
+        argv[i + 1].split("=", 1)[1]
+        for i, a in enumerate(argv[:-1])
+        if a == "-o" and argv[i + 1].startswith(name + "=")
+    ]
 
 
 def test_interactive_argv_uses_the_same_settings() -> None:
@@ -312,7 +330,10 @@ def test_interactive_argv_config_file_choice() -> None:
     several = SshSettings(host="h", hostname="h", port=22, user="root", config_files=("/a", "/b"))
     with pytest.raises(ValueError):
         interactive_argv(several, ["true"])
-    assert interactive_argv(several, ["true"], config_file="/tmp/merged")[2:4] == ["-F", "/tmp/merged"]
+    assert interactive_argv(several, ["true"], config_file="/tmp/merged")[2:4] == [
+        "-F",
+        "/tmp/merged",
+    ]
     assert include_config_text(["/a", "/b c"]) == 'Include /a\nInclude "/b c"\n'
 
 
@@ -332,7 +353,9 @@ def expand_tokens(command: str, host: str, port: int) -> str:
 def test_jump_chain_proxy_command_survives_each_ssh_level() -> None:
     hop1 = SshSettings(host="a", hostname="10.0.0.1", port=22, user="u1", key_files=("/k/100%",),
                        known_hosts_files=("/kh/a",))  # fmt: skip
-    hop2 = SshSettings(host="b", hostname="10.0.0.2", port=2200, user="u2", known_hosts_files=("/kh/b",))
+    hop2 = SshSettings(
+        host="b", hostname="10.0.0.2", port=2200, user="u2", known_hosts_files=("/kh/b",)
+    )
     target = SshSettings(host="t", hostname="10.0.0.3", port=22, user="root", jumps=(hop1, hop2))
     argv = interactive_argv(target, ["hostname"])
     (outer,) = option(argv, "ProxyCommand")
@@ -387,11 +410,15 @@ def test_known_hosts_plain_hashed_ported_and_wildcards(tmp_path: Path) -> None:
 def test_known_hosts_changed_revoked_and_other_files(tmp_path: Path) -> None:
     hosts = known(tmp_path, f"h1 ssh-ed25519 {ED25519_A}\n@revoked * ssh-ed25519 {ED25519_B}\n")
     assert hosts.verdict(["h1"], "ssh-ed25519", ED25519_B) is Verdict.REVOKED
-    hosts = known(tmp_path, f"h1 ssh-ed25519 {ED25519_A}\n@cert-authority * ssh-ed25519 {ED25519_B}\n")
+    hosts = known(
+        tmp_path, f"h1 ssh-ed25519 {ED25519_A}\n@cert-authority * ssh-ed25519 {ED25519_B}\n"
+    )
     assert hosts.verdict(["h1"], "ssh-ed25519", ED25519_B) is Verdict.CHANGED
     assert hosts.for_names(["h1"])[0].source == f"{tmp_path / 'known_hosts'}:1"
     # A stale entry in one file does not matter when another file has the right key.
-    both = KnownHosts.load([tmp_path / "known_hosts", write(tmp_path / "lab", f"h1 ssh-ed25519 {ED25519_B}\n")])
+    both = KnownHosts.load(
+        [tmp_path / "known_hosts", write(tmp_path / "lab", f"h1 ssh-ed25519 {ED25519_B}\n")]
+    )
     assert both.verdict(["h1"], "ssh-ed25519", ED25519_B) is Verdict.KNOWN
 
 
@@ -404,7 +431,9 @@ def test_known_key_types_steer_negotiation(tmp_path: Path) -> None:
 
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     pub = write(tmp_path / "k.pub", f"ssh-ed25519 {ED25519_A} x\n")
-    out = subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True
+    ).stdout
     assert key_fingerprint(ED25519_A) == out.split()[1]
 
 
@@ -420,7 +449,9 @@ def test_loading_the_plugins_does_not_import_paramiko(tmp_path: Path) -> None:
         "import shipyard.plugins.ssh, shipyard.plugins.local\n"
         "print('paramiko' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -448,14 +479,21 @@ def test_unreachable_reasons_say_what_failed() -> None:
 
     from shipyard.plugins._ssh_transport import _unreachable_reason
 
-    settings = SshSettings(host="web1", hostname="10.0.0.2", port=22, user="root", connect_timeout=10)
+    settings = SshSettings(
+        host="web1", hostname="10.0.0.2", port=22, user="root", connect_timeout=10
+    )
     reason = lambda error: _unreachable_reason(settings, error)  # noqa: E731
-    assert reason(ConnectionRefusedError()) == "connection refused by 10.0.0.2:22 (is sshd running?)"
+    assert (
+        reason(ConnectionRefusedError()) == "connection refused by 10.0.0.2:22 (is sshd running?)"
+    )
     assert reason(TimeoutError()) == "timed out connecting to 10.0.0.2:22 after 10s"
     assert reason(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) == (
         "cannot resolve host name 10.0.0.2 (Name or service not known)"
     )
-    assert reason(OSError(errno.EHOSTUNREACH, "No route to host")) == "no route to 10.0.0.2:22 (No route to host)"
+    assert (
+        reason(OSError(errno.EHOSTUNREACH, "No route to host"))
+        == "no route to 10.0.0.2:22 (No route to host)"
+    )
     assert reason(EOFError()) == "10.0.0.2:22 closed the connection during the SSH handshake"
     assert reason(paramiko.SSHException("Error reading SSH protocol banner")) == (
         "SSH handshake with 10.0.0.2:22 failed: Error reading SSH protocol banner"
@@ -467,16 +505,29 @@ def test_line_splitter_keeps_partial_lines_across_chunks() -> None:
 
     seen: list[tuple[str, str]] = []
     splitter = _LineSplitter("stdout", lambda stream, line: seen.append((stream, line)))
-    for chunk in (b"one\ntw", b"o\r\n", "thr\u00e9e".encode()[:4], "thr\u00e9e".encode()[4:] + b"\n", b"tail"):
+    for chunk in (
+        b"one\ntw",
+        b"o\r\n",
+        "thr\u00e9e".encode()[:4],
+        "thr\u00e9e".encode()[4:] + b"\n",
+        b"tail",
+    ):
         splitter.feed(chunk)
     splitter.flush()
-    assert seen == [("stdout", "one"), ("stdout", "two"), ("stdout", "thr\u00e9e"), ("stdout", "tail")]
+    assert seen == [
+        ("stdout", "one"),
+        ("stdout", "two"),
+        ("stdout", "thr\u00e9e"),
+        ("stdout", "tail"),
+    ]
 
 
 def test_key_data_text_loads_openssh_and_pem_keys(tmp_path: Path) -> None:
     from shipyard.plugins._ssh_transport import key_from_text
 
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ed")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ed")], check=True
+    )
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(tmp_path / "rsa")],
                    check=True)  # fmt: skip
     assert key_from_text((tmp_path / "ed").read_text()).get_name() == "ssh-ed25519"
@@ -489,4 +540,10 @@ def test_key_data_text_loads_openssh_and_pem_keys(tmp_path: Path) -> None:
 def test_sftp_paths_are_relative_to_home() -> None:
     from shipyard.plugins._ssh_transport import _sftp_path
 
-    assert [_sftp_path(p) for p in ("~", "~/", "~/a/b", "a", "/etc/x")] == [".", ".", "a/b", "a", "/etc/x"]
+    assert [_sftp_path(p) for p in ("~", "~/", "~/a/b", "a", "/etc/x")] == [
+        ".",
+        ".",
+        "a/b",
+        "a",
+        "/etc/x",
+    ]

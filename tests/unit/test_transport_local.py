@@ -80,8 +80,17 @@ def test_stdin_reaches_the_command(transport: LocalTransport) -> None:
 def test_streaming_sees_lines_in_order(transport: LocalTransport) -> None:
     seen: list[tuple[str, str]] = []
     script = "for i in 1 2 3 4 5; do echo out$i; done; echo err >&2; printf tail"
-    result = transport.run(["sh", "-c", script], on_output=lambda stream, line: seen.append((stream, line)))
-    assert [line for stream, line in seen if stream == "stdout"] == ["out1", "out2", "out3", "out4", "out5", "tail"]
+    result = transport.run(
+        ["sh", "-c", script], on_output=lambda stream, line: seen.append((stream, line))
+    )
+    assert [line for stream, line in seen if stream == "stdout"] == [
+        "out1",
+        "out2",
+        "out3",
+        "out4",
+        "out5",
+        "tail",
+    ]
     assert [line for stream, line in seen if stream == "stderr"] == ["err"]
     assert result.stdout == "out1\nout2\nout3\nout4\nout5\ntail"
 
@@ -183,7 +192,9 @@ def test_forward_to_another_port_relays(transport: LocalTransport, http_server: 
         pass
 
 
-def test_interactive_inherits_the_terminal_and_returns_the_status(transport: LocalTransport) -> None:
+def test_interactive_inherits_the_terminal_and_returns_the_status(
+    transport: LocalTransport,
+) -> None:
     assert transport.interactive(["sh", "-c", "exit 7"]) == 7
     with pytest.raises(HostError, match="command not found"):
         transport.interactive(["no-such-command-anywhere"])
