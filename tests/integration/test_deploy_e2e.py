@@ -75,15 +75,7 @@ def test_setup_then_deploy_v1(web_and_workers: DeployProject, lab: Any) -> None:
     assert h1.run("stat -c %a /root/.shipyard/apps/demo/env/roles/web.env").stdout.strip() == "600"
     names = [line.split()[0] for line in hook_log(web_and_workers)]
     # Kamal's order; pre/post-app-boot once for the single boot group.
-    assert names == [
-        "pre-connect",
-        "pre-build",
-        "post-push",
-        "pre-deploy",
-        "pre-app-boot",
-        "post-app-boot",
-        "post-deploy",
-    ]
+    assert names == list(HOOKS)
 
 
 def test_hooks_get_the_documented_environment(web_and_workers: DeployProject, lab: Any) -> None:

@@ -80,6 +80,13 @@ def https_get(proxy: Proxy, name: str, ctx: ssl.SSLContext, path: str = "/") -> 
     return response.text
 
 
+def assert_handshake_fails(proxy: Proxy, pebble: Pebble, name: str) -> None:
+    with pytest.raises(ssl.SSLError):
+        request(
+            proxy.https_port, "/", host=name, tls=verifying_context(pebble), server_hostname=name
+        )
+
+
 def cache_dir(proxy: Proxy, pebble: Pebble) -> Path:
     digest = hashlib.sha256(pebble.directory_url.encode()).hexdigest()
     return proxy.home / ".config" / "kamal-proxy" / "certs" / digest
@@ -176,14 +183,7 @@ def test_on_demand_tls_asks_the_service_before_issuing(
     assert check.headers["Host"] == "good.test"
     assert check.headers["X-Forwarded-Proto"] == "http"
 
-    with pytest.raises(ssl.SSLError):
-        request(
-            proxy.https_port,
-            "/",
-            host="bad.test",
-            tls=verifying_context(pebble),
-            server_hostname="bad.test",
-        )
+    assert_handshake_fails(proxy, pebble, "bad.test")
     denied = proxy.wait_for_log("TLS on-demand check denied host", host="bad.test")
     assert (denied["level"], denied["status"], denied["body"]) == ("WARN", 403, "denied bad.test")
     assert not (cache_dir(proxy, pebble) / "bad.test").exists()
@@ -200,14 +200,7 @@ def test_on_demand_tls_with_an_absolute_url_takes_only_a_200(
     proxy.deploy(
         "web", app.address, tls=True, tls_on_demand_url=f"http://{app.address}/status?code=302"
     )
-    with pytest.raises(ssl.SSLError):
-        request(
-            proxy.https_port,
-            "/",
-            host="other.test",
-            tls=verifying_context(pebble),
-            server_hostname="other.test",
-        )
+    assert_handshake_fails(proxy, pebble, "other.test")
     denied = proxy.wait_for_log("TLS on-demand check denied host", host="other.test")
     assert denied["status"] == 302
     checks = [seen.path for seen in app.requests if not seen.path.startswith("/up")]

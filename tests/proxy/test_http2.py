@@ -222,24 +222,34 @@ class RawH2:
         self.sock.close()
 
 
-def test_a_reset_stream_ends_its_upstream_request_and_the_connection_goes_on(
+@pytest.fixture
+def slow_stream(
     proxy: Proxy, app: UpstreamServer, certificate: tuple[str, str]
-) -> None:
-    import h2.errors
-
+) -> Iterator[tuple[RawH2, int]]:
+    """An HTTP/2 connection with a request to /slow that the upstream holds until
+    ``app.release`` is set."""
     tls_deploy(proxy, app, certificate)
     client = RawH2(proxy)
     try:
         slow = client.request("/slow")
         wait_until(app.slow_started.is_set)
-        client.h2.reset_stream(slow, h2.errors.ErrorCodes.CANCEL)
-        client.flush()
-        entry = proxy.wait_for_log("Request", path="/slow")
-        assert entry["status"] == 499  # as a client that went away over HTTP/1.1
-        assert client.response(client.request("/")) == (200, b"first")
+        yield client, slow
     finally:
         app.release.set()
         client.close()
+
+
+def test_a_reset_stream_ends_its_upstream_request_and_the_connection_goes_on(
+    proxy: Proxy, slow_stream: tuple[RawH2, int]
+) -> None:
+    import h2.errors
+
+    client, slow = slow_stream
+    client.h2.reset_stream(slow, h2.errors.ErrorCodes.CANCEL)
+    client.flush()
+    entry = proxy.wait_for_log("Request", path="/slow")
+    assert entry["status"] == 499  # as a client that went away over HTTP/1.1
+    assert client.response(client.request("/")) == (200, b"first")
 
 
 def test_garbage_after_negotiating_h2_closes_only_that_connection(
@@ -262,17 +272,11 @@ def test_garbage_after_negotiating_h2_closes_only_that_connection(
 
 
 def test_shutdown_lets_an_h2_request_finish(
-    proxy: Proxy, app: UpstreamServer, certificate: tuple[str, str]
+    proxy: Proxy, app: UpstreamServer, slow_stream: tuple[RawH2, int]
 ) -> None:
-    tls_deploy(proxy, app, certificate)
-    client = RawH2(proxy)
-    try:
-        slow = client.request("/slow")
-        wait_until(app.slow_started.is_set)
-        assert proxy.process is not None
-        proxy.process.terminate()  # SIGTERM
-        app.release.set()
-        assert client.response(slow) == (200, b"first slow done")
-        assert proxy.process.wait(timeout=WAIT) == 0
-    finally:
-        client.close()
+    client, slow = slow_stream
+    assert proxy.process is not None
+    proxy.process.terminate()  # SIGTERM
+    app.release.set()
+    assert client.response(slow) == (200, b"first slow done")
+    assert proxy.process.wait(timeout=WAIT) == 0
