@@ -129,7 +129,10 @@ class CertificateManager:
         options = service.options
         cache_dir = cache_dir_for(options.acme_cache_path, options.acme_directory, self.data_dir)
         directory_url = options.acme_directory or LETS_ENCRYPT_DIRECTORY
-        cached = load_cached(cache_dir / name, directory_url)
+        # autocert keeps an RSA certificate, for clients without ECDSA, as "<name>+rsa".
+        cached = load_cached(cache_dir / name, directory_url) or load_cached(
+            cache_dir / f"{name}+rsa", directory_url
+        )
         if cached is not None and not cached.due_for_renewal():
             return cached
         failed = self._failed.get(name)
@@ -148,7 +151,7 @@ class CertificateManager:
 
     async def _renew(self, name: str, cert: Certificate) -> Certificate:
         try:
-            renewed = await self._issue(name, cert.path, cert.directory_url)
+            renewed = await self._issue(name, cert.path.parent / name, cert.directory_url)
         except AcmeError as exc:
             self.logger.warn("Certificate renewal failed", host=name, error=str(exc))
             return cert

@@ -48,6 +48,7 @@ def test_server_name_is_read_from_a_real_client_hello() -> None:
 
 def test_on_demand_url_adds_the_host_and_sorts_the_query() -> None:
     assert on_demand_url("/allow?token=abc", "a.com") == "/allow?host=a.com&token=abc"
+    assert on_demand_url("/allow", "a.com:8080") == "/allow?host=a.com%3A8080"
     assert (
         on_demand_url("https://auth.example/ok?z=1&a=2", "b.com")
         == "https://auth.example/ok?a=2&host=b.com&z=1"
@@ -205,3 +206,47 @@ def test_on_demand_tls_with_an_absolute_url_takes_only_a_200(
     assert denied["status"] == 302
     checks = [seen.path for seen in app.requests if not seen.path.startswith("/up")]
     assert checks == ["/allow?host=good.test", "/", "/status?code=302&host=other.test"]
+
+
+def test_on_demand_denials_stopped_services_and_long_bodies(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    proxy.deploy(
+        "web", app.address, tls=True, tls_on_demand_url=f"/status?code=403&body={'n' * 500}"
+    )
+    assert_handshake_fails(proxy, pebble, "long.test")
+    denied = proxy.wait_for_log("TLS on-demand check denied host", host="long.test")
+    assert (denied["status"], denied["body"]) == (403, "n" * 256)  # cut to 256 bytes
+    proxy.deploy("web", app.address, tls=True, tls_on_demand_url="/allow")
+    app.allowed_hosts = {"stopped.test"}
+    proxy.cli("stop", "web", check=True)
+    assert_handshake_fails(proxy, pebble, "stopped.test")
+    denied = proxy.wait_for_log("TLS on-demand check denied host", host="stopped.test")
+    assert denied["status"] == 503
+
+
+def test_on_demand_skips_the_check_for_cached_names_and_survives_a_restart(
+    acme_proxy: tuple[Proxy, Pebble], app: UpstreamServer
+) -> None:
+    proxy, pebble = acme_proxy
+    folder = cache_dir(proxy, pebble)
+    write_self_signed(folder, ["cached.test"], days_left=80, combined=True)
+    rsa_path, _ = write_self_signed(folder / "tmp", ["rsa-only.test"], days_left=80, combined=True)
+    Path(rsa_path).rename(folder / "rsa-only.test+rsa")
+    proxy.deploy("web", app.address, tls=True, tls_on_demand_url="/allow")
+    for name, cache_file in (
+        ("cached.test", "cached.test"),
+        ("rsa-only.test", "rsa-only.test+rsa"),
+    ):
+        ctx = ssl.create_default_context(cafile=str(folder / cache_file))
+        assert https_get(proxy, name, ctx) == "first"
+    assert not [seen for seen in app.requests if seen.path.startswith("/allow")]
+
+    proxy.stop()
+    proxy.start()  # the on-demand service comes back from the state file, and still asks
+    app.allowed_hosts = {"new.test"}
+    assert https_get(proxy, "new.test", verifying_context(pebble)) == "first"
+    assert [seen.path for seen in app.requests if seen.path.startswith("/allow")] == [
+        "/allow?host=new.test"
+    ]
