@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds for the ClientHello, and again for the handshake
 CERTIFICATE_WAIT = 100.0  # seconds a handshake waits for a certificate from the CA
+ACCEPT_RETRY = 0.1  # seconds without accepting after running out of file descriptors
 _MAX_HELLO = 16 * 1024 + 5  # one TLS record
 
 
@@ -150,14 +151,20 @@ class TlsListener:
                 conn, _address = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and friends: log, keep listening
+            except OSError as exc:  # EMFILE and friends: log, and pause accepting a moment
                 self.logger.error("Accept failed", error=str(exc))
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = self.loop.create_task(self._handshake(conn))
             self.handshakes.add(task)
             task.add_done_callback(self.handshakes.discard)
+
+    def _resume_accepting(self) -> None:
+        if self.sock.fileno() >= 0:  # not closed meanwhile
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     async def _handshake(self, conn: socket.socket) -> None:
         try:
