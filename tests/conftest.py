@@ -1,4 +1,6 @@
-"""Shared test settings: every test under tests/unit is marked `unit` (the fast tier)."""
+"""Shared test settings: every test under tests/unit is marked `unit` (the fast tier), and
+every test under tests/proxy `proxy`, so `-m "unit or proxy"` (.ci/test-all) cannot miss a
+new file."""
 
 from __future__ import annotations
 
@@ -6,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-UNIT_DIR = Path(__file__).parent / "unit"
+TIERS = {
+    Path(__file__).parent / "unit": pytest.mark.unit,
+    Path(__file__).parent / "proxy": pytest.mark.proxy,
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if UNIT_DIR in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.unit)
+        parents = Path(str(item.fspath)).parents
+        for directory, mark in TIERS.items():
+            if directory in parents:
+                item.add_marker(mark)
