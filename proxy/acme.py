@@ -4,8 +4,9 @@ Behaves like Go's ``autocert`` as kamal-proxy uses it: a certificate is obtained
 first handshake for a name (the handshake waits for it), kept in a cache directory in
 autocert's layout so an existing ``kamal-proxy-config`` volume keeps working, and renewed
 in the background 30 days before it expires.  The account agrees to the CA's terms and has
-no contact e-mail.  Only the HTTP-01 challenge is answered (``/.well-known/acme-challenge/``
-on the HTTP port, see exchange.py); see proxy/README.md for why not TLS-ALPN-01.
+no contact e-mail.  Validation is HTTP-01 (``/.well-known/acme-challenge/`` on the HTTP
+port, see exchange.py) and, when the CA cannot reach that, TLS-ALPN-01 (the HTTPS
+listener, tls.py); the ``Responders`` are what both listeners read.
 
 The ACME protocol itself is certbot's ``acme`` library.  It is synchronous (requests), so
 each issuance runs in a worker thread.  It and ``cryptography`` are imported only when a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import hashlib
 import os
 import ssl
@@ -25,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
+HTTP_01, TLS_ALPN_01 = "http-01", "tls-alpn-01"
+ACME_TLS_ALPN = "acme-tls/1"  # RFC 8737's ALPN protocol
 ACCOUNT_KEY_FILE = "acme_account+key"  # autocert's name
 RENEW_BEFORE = datetime.timedelta(days=30)  # autocert's default
 ISSUE_TIMEOUT = 90.0  # seconds: the acme library's own default deadline
@@ -91,8 +95,8 @@ class CertificateManager:
     def __init__(self, data_dir: str, logger: JsonLogger) -> None:
         self.data_dir = data_dir
         self.logger = logger
-        # HTTP-01 tokens being validated right now: token -> key authorization.
-        self.challenges: dict[str, str] = {}
+        # What answers the CA while an order is open (the listeners read it).
+        self.responders = Responders()
         self._ready: dict[str, Certificate] = {}
         self._pending: dict[str, asyncio.Future[Certificate]] = {}
         self._failed: dict[str, tuple[float, str]] = {}
@@ -165,20 +169,21 @@ class CertificateManager:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            await asyncio.wait_for(
+            challenge = await asyncio.wait_for(
                 loop.run_in_executor(
-                    None, issue_certificate, directory_url, path, name, self.challenges
+                    None, issue_certificate, directory_url, path, name, self.responders
                 ),
-                ISSUE_TIMEOUT + 5,
+                2 * ISSUE_TIMEOUT + 5,
             )
         except TimeoutError:
-            raise AcmeError(f"no certificate for {name} within {ISSUE_TIMEOUT:.0f}s") from None
+            raise AcmeError(f"no certificate for {name} within {2 * ISSUE_TIMEOUT:.0f}s") from None
         cert = load_cached(path, directory_url)
         if cert is None:
             raise AcmeError(f"the certificate written for {name} cannot be loaded")
         self.logger.info(
             "Certificate obtained",
             host=name,
+            challenge=challenge,
             expires=cert.not_after.isoformat(),
             seconds=round(time.monotonic() - started, 3),
         )
@@ -267,20 +272,26 @@ def _fetch_no_redirects(url: str) -> tuple[int, bytes]:
 # --------------------------------------------------------------------------- the protocol
 
 
-def issue_certificate(
-    directory_url: str, path: Path, name: str, challenges: dict[str, str]
-) -> None:
+@dataclass
+class Responders:
+    """What answers the CA's validation while an order is open, by challenge type."""
+
+    http_01: dict[str, str] = field(default_factory=dict)  # token -> key authorization
+    tls_alpn_01: dict[str, ssl.SSLContext] = field(default_factory=dict)  # name -> context
+
+
+def issue_certificate(directory_url: str, path: Path, name: str, responders: Responders) -> str:
     """Get a certificate for ``name`` from the ACME CA (blocking; a worker thread) and write
-    it to ``path``, next to the account key.  While the CA validates, ``challenges`` maps
-    the HTTP-01 token to its key authorization, which the HTTP listener serves.  Every
-    failure is an AcmeError that says what went wrong."""
-    from acme import challenges as acme_challenges
+    it to ``path``, next to the account key.  HTTP-01 first (``responders.http_01`` is
+    served on the HTTP port); if the CA cannot validate that, a new order with TLS-ALPN-01
+    (``responders.tls_alpn_01``, answered by the HTTPS listener), as autocert also offers.
+    Returns the challenge type that worked.  Every failure is an AcmeError."""
     from acme import client, crypto_util, errors, messages
     from cryptography.hazmat.primitives.asymmetric import ec
     from josepy.jwa import ES256
     from josepy.jwk import JWKEC
 
-    tokens: list[str] = []
+    problems: list[str] = []
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         jwk = JWKEC(key=_load_or_create_key(path.parent / ACCOUNT_KEY_FILE))
@@ -294,41 +305,126 @@ def issue_certificate(
                 messages.RegistrationResource(uri=exists.location, body=registration)
             )
         cert_key = ec.generate_private_key(ec.SECP256R1())
-        key_pem = _pem(cert_key)
-        order = acme.new_order(crypto_util.make_csr(key_pem, [name]))
-        for authorization in order.authorizations:
-            if authorization.body.status == messages.STATUS_VALID:
+        csr = crypto_util.make_csr(_pem(cert_key), [name])
+        for kind in (HTTP_01, TLS_ALPN_01):
+            try:
+                order = _validate_and_finalize(acme, jwk, csr, name, kind, responders)
+            except errors.ValidationError as exc:
+                problems += [
+                    f"{kind}: {challenge.error}"
+                    for authz in exc.failed_authzrs
+                    for challenge in authz.body.challenges
+                    if challenge.error is not None
+                ] or [f"{kind}: {exc}"]
                 continue
-            http01 = [
-                c
-                for c in authorization.body.challenges
-                if isinstance(c.chall, acme_challenges.HTTP01)
-            ]
-            if not http01:
-                raise AcmeError(f"the CA offers no HTTP-01 challenge for {name}")
-            response, validation = http01[0].response_and_validation(jwk)
-            token = http01[0].chall.encode("token")
-            challenges[token] = validation
-            tokens.append(token)
-            acme.answer_challenge(http01[0], response)
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=ISSUE_TIMEOUT)
-        order = acme.poll_and_finalize(order, deadline)
-        _write_private(path, _pem(cert_key, traditional=True) + order.fullchain_pem.encode())
-    except errors.ValidationError as exc:
-        problems = [
-            str(challenge.error)
-            for authz in exc.failed_authzrs
-            for challenge in authz.body.challenges
-            if challenge.error is not None
-        ]
-        raise AcmeError(f"{name}: validation failed: {'; '.join(problems) or exc}") from None
+            _write_private(path, _pem(cert_key, traditional=True) + order.fullchain_pem.encode())
+            return kind
     except AcmeError:
         raise
     except Exception as exc:  # the CA's problem documents, network and file-system errors
         raise AcmeError(f"{name}: {type(exc).__name__}: {exc}") from None
+    raise AcmeError(f"{name}: validation failed: {'; '.join(problems)}")
+
+
+def _validate_and_finalize(
+    acme: Any, jwk: Any, csr: bytes, name: str, kind: str, responders: Responders
+) -> Any:
+    """One order for ``name``, its challenges answered the ``kind`` way; the finalized
+    order.  Raises the acme library's ValidationError when the CA could not validate."""
+    from acme import challenges, messages
+    from josepy.b64 import b64encode
+    from josepy.jwk import JWK
+
+    order = acme.new_order(csr)
+    thumbprint = b64encode(JWK.thumbprint(jwk)).decode()
+    answered: list[str] = []
+    try:
+        for authorization in order.authorizations:
+            if authorization.body.status == messages.STATUS_VALID:
+                continue
+            chosen = [c for c in authorization.body.challenges if _challenge_type(c) == kind]
+            if not chosen:
+                raise AcmeError(f"{name}: the CA offers no {kind} challenge")
+            chall = chosen[0].chall
+            token = chall.encode("token") if isinstance(chall, challenges.HTTP01) else ""
+            token = token or str(getattr(chall, "jobj", {}).get("token", ""))
+            key_authorization = f"{token}.{thumbprint}"
+            if kind == HTTP_01:
+                responders.http_01[token] = key_authorization
+            else:
+                responders.tls_alpn_01[name] = _tls_alpn_01_context(name, key_authorization)
+            answered.append(token)
+            acme.answer_challenge(chosen[0], _ready_response_class()())
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=ISSUE_TIMEOUT)
+        return acme.poll_and_finalize(order, deadline)
     finally:
-        for token in tokens:
-            challenges.pop(token, None)
+        for token in answered:
+            responders.http_01.pop(token, None)
+        responders.tls_alpn_01.pop(name, None)
+
+
+@functools.cache
+def _ready_response_class() -> Any:
+    """Made on first use: the acme library is imported only when a certificate is needed."""
+    from acme import challenges
+
+    class ReadyResponse(challenges.ChallengeResponse):
+        """RFC 8555's "ready" POST to a challenge: the payload {}.  The acme library sends
+        a falsy object as an empty payload (a POST-as-GET), so this one is truthy."""
+
+        def __bool__(self) -> bool:
+            return True
+
+    return ReadyResponse
+
+
+def _challenge_type(challenge_body: Any) -> str:
+    from acme import challenges
+
+    chall = challenge_body.chall
+    if isinstance(chall, challenges.UnrecognizedChallenge):  # tls-alpn-01 in acme >= 4
+        return str(chall.jobj.get("type", ""))
+    return str(chall.typ)
+
+
+def _tls_alpn_01_context(name: str, key_authorization: str) -> ssl.SSLContext:
+    """RFC 8737: a self-signed certificate for ``name`` carrying the SHA-256 of the key
+    authorization in the critical acmeIdentifier extension, offered with ALPN acme-tls/1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode()).digest()
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            # id-pe-acmeIdentifier; the value is a DER OCTET STRING of the 32-byte digest.
+            x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31"), b"\x04\x20" + digest
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols([ACME_TLS_ALPN])
+    # ssl loads certificates from files only: a private temp file, gone once loaded.
+    with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
+        pem.write(_pem(key) + cert.public_bytes(serialization.Encoding.PEM))
+        pem.flush()
+        context.load_cert_chain(pem.name)
+    return context
 
 
 def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:

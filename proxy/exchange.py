@@ -572,7 +572,7 @@ class Exchange:
 
     def _answer_acme_challenge(self) -> None:
         token = self.path[len(CHALLENGE_PATH) :]
-        key_authorization = self.proxy.certificates.challenges.get(token)
+        key_authorization = self.proxy.certificates.responders.http_01.get(token)
         if key_authorization is None:
             self.respond_error(404)
         else:

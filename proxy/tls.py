@@ -15,9 +15,10 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .acme import AcmeError
+from .acme import ACME_TLS_ALPN, AcmeError
 
 if TYPE_CHECKING:
     from .acme import CertificateManager
@@ -48,7 +49,7 @@ def load_certificate(cert_path: str, key_path: str | None = None) -> ssl.SSLCont
 def _server_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # kamal-proxy also offers acme-tls/1; see proxy/README.md on TLS-ALPN-01.
+    # acme-tls/1 is answered before this context is used (TlsListener._handshake).
     context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
@@ -115,6 +116,11 @@ def server_context(
     return context
 
 
+class _CloseAfterHandshake(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 class TlsListener:
     """Accepts HTTPS connections on ``sock``; see the module docstring."""
 
@@ -169,13 +175,21 @@ class TlsListener:
     async def _handshake(self, conn: socket.socket) -> None:
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                server_name = await self._peek_server_name(conn)
-            if server_name is not None:
-                await self._certificate_for(server_name)
+                hello = await self._peek_hello(conn)
+            context, protocol_factory = self.context, self.protocol_factory
+            if hello is not None and ACME_TLS_ALPN in hello.alpn:
+                # The CA validating a TLS-ALPN-01 challenge: only its certificate, then close.
+                challenge = self.certificates.responders.tls_alpn_01.get(hello.server_name)
+                if challenge is None:
+                    conn.close()
+                    return
+                context, protocol_factory = challenge, _CloseAfterHandshake
+            elif hello is not None:
+                await self._certificate_for(hello.server_name)
             await self.loop.connect_accepted_socket(
-                self.protocol_factory,
+                protocol_factory,
                 conn,
-                ssl=self.context,
+                ssl=context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         except (OSError, TimeoutError, ssl.SSLError, ConnectionError):
@@ -202,9 +216,9 @@ class TlsListener:
                 service=service.name,
             )
 
-    async def _peek_server_name(self, conn: socket.socket) -> str | None:
-        """The ClientHello's server name ("" for none), or None when the bytes are not a
-        ClientHello we can read (the handshake then fails or succeeds on its own)."""
+    async def _peek_hello(self, conn: socket.socket) -> ClientHello | None:
+        """The ClientHello, or None when the bytes are not one we can read (the handshake
+        then fails or succeeds on its own)."""
         fd = conn.fileno()
         while True:
             readable = self.loop.create_future()
@@ -217,7 +231,7 @@ class TlsListener:
             if not data:
                 raise ConnectionError("closed before the ClientHello")
             try:
-                return client_hello_server_name(data)
+                return parse_client_hello(data)
             except IncompleteHello:
                 if len(data) >= _MAX_HELLO:
                     return None
@@ -230,9 +244,15 @@ class IncompleteHello(Exception):
     pass
 
 
-def client_hello_server_name(data: bytes) -> str | None:
-    """The SNI host name in a TLS record holding a ClientHello: "" when it has none, None
-    when ``data`` is not a ClientHello.  Raises IncompleteHello when the record is cut."""
+@dataclass
+class ClientHello:
+    server_name: str  # lower case, no trailing dot; "" when the client sent none
+    alpn: list[str]  # the protocols the client offers, in its order
+
+
+def parse_client_hello(data: bytes) -> ClientHello | None:
+    """The server name and ALPN protocols of a TLS record holding a ClientHello, or None
+    when ``data`` is not one.  Raises IncompleteHello when the record is cut."""
     if len(data) < 5:
         raise IncompleteHello
     if data[0] != 0x16 or data[1] != 0x03:  # handshake record, TLS 1.x
@@ -243,6 +263,7 @@ def client_hello_server_name(data: bytes) -> str | None:
     record = data[5:end]
     if len(record) < 4 or record[0] != 0x01:  # ClientHello
         return None
+    hello = ClientHello("", [])
     try:
         pos = 4 + 2 + 32  # handshake header, client version, random
         pos += 1 + record[pos]  # session id
@@ -253,15 +274,17 @@ def client_hello_server_name(data: bytes) -> str | None:
         while pos + 4 <= min(extensions_end, len(record)):
             kind = int.from_bytes(record[pos : pos + 2], "big")
             size = int.from_bytes(record[pos + 2 : pos + 4], "big")
-            pos += 4
-            if kind == 0:  # server_name: list length, then (type, length, name) entries
-                entry = pos + 2
-                if record[entry] == 0:  # host_name
-                    length = int.from_bytes(record[entry + 1 : entry + 3], "big")
-                    raw = record[entry + 3 : entry + 3 + length]
-                    return raw.decode("ascii", "replace").lower().rstrip(".")
-                return ""
-            pos += size
+            body = record[pos + 4 : pos + 4 + size]
+            pos += 4 + size
+            if kind == 0 and body[2] == 0:  # server_name: list length, type host_name, name
+                length = int.from_bytes(body[3:5], "big")
+                hello.server_name = body[5 : 5 + length].decode("ascii", "replace")
+                hello.server_name = hello.server_name.lower().rstrip(".")
+            elif kind == 16:  # ALPN: list length, then (length, name) entries
+                at = 2
+                while at < len(body):
+                    hello.alpn.append(body[at + 1 : at + 1 + body[at]].decode("ascii", "replace"))
+                    at += 1 + body[at]
     except IndexError:
         return None
-    return ""
+    return hello

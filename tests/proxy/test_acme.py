@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from pebble_harness import Pebble
-from proxy_harness import Proxy, UpstreamServer, request, write_self_signed
+from proxy_harness import Proxy, UpstreamServer, free_port, request, write_self_signed
 
 from shipyard.proxy.acme import on_demand_url
-from shipyard.proxy.tls import IncompleteHello, client_hello_server_name
+from shipyard.proxy.tls import ClientHello, IncompleteHello, parse_client_hello
 
 MakeProxy = Callable[..., Proxy]
 MakePebble = Callable[[int, int], Pebble]
@@ -25,11 +25,13 @@ MakePebble = Callable[[int, int], Pebble]
 # --- pieces that need no servers ------------------------------------------------------------
 
 
-def client_hello(server_name: str | None) -> bytes:
+def client_hello(server_name: str | None, alpn: list[str] | None = None) -> bytes:
     """The first flight of a real TLS client (the ssl module), as it would arrive."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
     with pytest.raises(ssl.SSLWantReadError):
@@ -37,13 +39,14 @@ def client_hello(server_name: str | None) -> bytes:
     return outgoing.read()
 
 
-def test_server_name_is_read_from_a_real_client_hello() -> None:
-    assert client_hello_server_name(client_hello("App.Example.com")) == "app.example.com"
-    assert client_hello_server_name(client_hello(None)) == ""
-    assert client_hello_server_name(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
-    hello = client_hello("app.example.com")
+def test_server_name_and_alpn_are_read_from_a_real_client_hello() -> None:
+    hello = parse_client_hello(client_hello("App.Example.com.", ["h2", "http/1.1"]))
+    assert hello == ClientHello("app.example.com", ["h2", "http/1.1"])
+    assert parse_client_hello(client_hello(None)) == ClientHello("", [])
+    assert parse_client_hello(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
+    whole = client_hello("app.example.com")
     with pytest.raises(IncompleteHello):
-        client_hello_server_name(hello[: len(hello) // 2])
+        parse_client_hello(whole[: len(whole) // 2])
 
 
 def test_on_demand_url_adds_the_host_and_sorts_the_query() -> None:
@@ -117,7 +120,7 @@ def test_first_handshake_gets_a_certificate_and_caches_it(
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["app.test"]
     entry = proxy.wait_for_log("Certificate obtained", host="app.test")
-    assert entry["level"] == "INFO"
+    assert (entry["level"], entry["challenge"]) == ("INFO", "http-01")
     # The HTTP-01 token is gone once validated; HTTP still redirects everything else.
     assert proxy.get("/.well-known/acme-challenge/unknown", host="app.test").status == 404
     assert proxy.get("/", host="app.test").status == 301
@@ -250,3 +253,21 @@ def test_on_demand_skips_the_check_for_cached_names_and_survives_a_restart(
     assert [seen.path for seen in app.requests if seen.path.startswith("/allow")] == [
         "/allow?host=new.test"
     ]
+
+
+def test_tls_alpn_01_when_the_ca_cannot_reach_the_http_port(
+    make_proxy: MakeProxy, make_pebble: MakePebble, app: UpstreamServer
+) -> None:
+    """Port 80 unreachable for the CA: HTTP-01 fails, and a second order validates over
+    TLS-ALPN-01 on the HTTPS port (RFC 8737), as autocert also offers."""
+    proxy = make_proxy(start=False)
+    pebble = make_pebble(free_port(), proxy.https_port)  # nothing listens on that HTTP port
+    proxy.extra_env.update(
+        SHIPYARD_PROXY_ACME_DIRECTORY=pebble.directory_url,
+        REQUESTS_CA_BUNDLE=str(pebble.ca_bundle),
+    )
+    proxy.start()
+    proxy.deploy("web", app.address, host="app.test", tls=True)
+    assert https_get(proxy, "app.test", verifying_context(pebble)) == "first"
+    entry = proxy.wait_for_log("Certificate obtained", host="app.test")
+    assert entry["challenge"] == "tls-alpn-01"
