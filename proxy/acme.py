@@ -387,18 +387,20 @@ def _challenge_type(challenge_body: Any) -> str:
     return str(chall.typ)
 
 
-def _tls_alpn_01_context(name: str, key_authorization: str) -> ssl.SSLContext:
-    """RFC 8737: a self-signed certificate for ``name`` carrying the SHA-256 of the key
-    authorization in the critical acmeIdentifier extension, offered with ALPN acme-tls/1."""
+def self_signed(
+    name: str, extensions: list[tuple[Any, bool]] | None = None
+) -> tuple[Any, ec.EllipticCurvePrivateKey]:
+    """A throwaway self-signed P-256 certificate for ``name``, valid for a day, with
+    ``extensions`` as (extension, critical) pairs: for TLS-ALPN-01, and for HTTP/3's
+    placeholder.  Returns the certificate and its key."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    digest = hashlib.sha256(key_authorization.encode()).digest()
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -406,15 +408,31 @@ def _tls_alpn_01_context(name: str, key_authorization: str) -> ssl.SSLContext:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(
+    )
+    for extension, critical in extensions or []:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256()), key
+
+
+def _tls_alpn_01_context(name: str, key_authorization: str) -> ssl.SSLContext:
+    """RFC 8737: a self-signed certificate for ``name`` carrying the SHA-256 of the key
+    authorization in the critical acmeIdentifier extension, offered with ALPN acme-tls/1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    digest = hashlib.sha256(key_authorization.encode()).digest()
+    cert, key = self_signed(
+        name,
+        [
+            (x509.SubjectAlternativeName([x509.DNSName(name)]), False),
             # id-pe-acmeIdentifier; the value is a DER OCTET STRING of the 32-byte digest.
-            x509.UnrecognizedExtension(
-                x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31"), b"\x04\x20" + digest
+            (
+                x509.UnrecognizedExtension(
+                    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31"), b"\x04\x20" + digest
+                ),
+                True,
             ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+        ],
     )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import socket
 from collections.abc import Callable
@@ -43,9 +42,9 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import pull_quic_header
 from aioquic.tls import AlertHandshakeFailure, pull_client_hello
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 
+from .acme import self_signed
 from .streams import Stream, StreamGone
 from .tls import service_for_name
 
@@ -297,7 +296,7 @@ async def start_http3(
     """Listen on UDP ``port`` (every interface).  Raises OSError when it cannot bind."""
     configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
     # aioquic insists on a certificate up front; every handshake replaces it by name.
-    configuration.certificate, configuration.private_key = _placeholder_identity()
+    configuration.certificate, configuration.private_key = self_signed("shipyard-proxy")
     choose = Certificates(router, certificates, proxy.logger)
     # Our own socket, dual-stack like the TCP listeners, so a bind error says why.
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -319,20 +318,3 @@ async def start_http3(
         sock=sock,
     )
     return server
-
-
-def _placeholder_identity() -> tuple[x509.Certificate, Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "shipyard-proxy")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate, key
