@@ -124,7 +124,8 @@ class JsonLogger:
         self.event("ERROR", msg, **fields)
 
     def flush(self) -> None:
-        """Write every pending line (the server's sweep calls this every 50 ms)."""
+        """Write every pending line (the server's sweep calls this every 50 ms, and a finished
+        request when LOG_BATCH lines are waiting)."""
         pending = self.pending
         if not pending:
             return

@@ -90,7 +90,8 @@ class ProxyServer:
         self.logger = logger
         self.router = Router()
         self.metrics = Metrics(enabled=config.metrics_port != 0)
-        # Request log lines are appended here; the sweep writes them every 50 ms.
+        # Request log lines are appended here; written in batches (exchange.LOG_BATCH) and
+        # by the sweep every 50 ms.
         self.log_lines = logger.pending
         self.error_pages = ErrorPages.builtin()
         self.connections: set[ClientConnection | Http2Connection | Http3Connection] = set()
