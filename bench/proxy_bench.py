@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -660,6 +661,7 @@ _PYTHON_FACTS = (
 )
 
 
+@functools.cache
 def python_facts(python: Path) -> tuple[str, str, str]:
     """(SOABI, site-packages, version) of an interpreter."""
     res = subprocess.run(

@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,7 @@ class CertificateManager:
         if cert is None:
             return None
         if cert.due_for_renewal() and name not in self._pending:
-            self._pending[name] = asyncio.ensure_future(self._renew(name, cert))
+            self._track(name, self._renew(name, cert))
         return cert.context
 
     def ready_path(self, name: str) -> Path | None:
@@ -121,13 +122,16 @@ class CertificateManager:
         (after the on-demand check, for an on-demand service).  Raises AcmeError."""
         if name in self._ready:
             return
-        pending = self._pending.get(name)
-        if pending is None:
-            pending = asyncio.ensure_future(self._obtain(name, service))
-            self._pending[name] = pending
-            pending.add_done_callback(lambda _f: self._pending.pop(name, None))
-        cert = await asyncio.shield(pending)
-        self._ready[name] = cert
+        pending = self._pending.get(name) or self._track(name, self._obtain(name, service))
+        self._ready[name] = await asyncio.shield(pending)
+
+    def _track(
+        self, name: str, work: Coroutine[Any, Any, Certificate]
+    ) -> asyncio.Future[Certificate]:
+        """The one obtain-or-renew in flight for ``name``, shared by every handshake."""
+        pending = self._pending[name] = asyncio.ensure_future(work)
+        pending.add_done_callback(lambda _f: self._pending.pop(name, None))
+        return pending
 
     async def _obtain(self, name: str, service: Service) -> Certificate:
         options = service.options
@@ -159,8 +163,6 @@ class CertificateManager:
         except AcmeError as exc:
             self.logger.warn("Certificate renewal failed", host=name, error=str(exc))
             return cert
-        finally:
-            self._pending.pop(name, None)
         self._ready[name] = renewed
         return renewed
 
@@ -434,14 +436,14 @@ def _tls_alpn_01_context(name: str, key_authorization: str) -> ssl.SSLContext:
             ),
         ],
     )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols([ACME_TLS_ALPN])
+    from .tls import load_certificate
+
     # ssl loads certificates from files only: a private temp file, gone once loaded.
     with tempfile.NamedTemporaryFile(suffix=".pem") as pem:
         pem.write(_pem(key) + cert.public_bytes(serialization.Encoding.PEM))
         pem.flush()
-        context.load_cert_chain(pem.name)
+        context = load_certificate(pem.name)
+    context.set_alpn_protocols([ACME_TLS_ALPN])
     return context
 
 

@@ -44,19 +44,19 @@ class Http2Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.proxy.connections.add(self)
         self.h2.initiate_connection()
-        self.send()
+        self.flush()
 
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             self.proxy.logger.info("HTTP/2 protocol error", error=str(exc))
-            self.send()
+            self.flush()
             self.close()
             return
         for event in events:
             self.handle(event)
-        self.send()
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.proxy.connections.discard(self)
@@ -140,12 +140,9 @@ class Http2Connection(asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.acknowledge_received_data(size, stream_id)
 
-    def flush(self) -> None:
-        self.send()
-
     # --- output -------------------------------------------------------------------------
 
-    def send(self) -> None:
+    def flush(self) -> None:
         data = self.h2.data_to_send()
         if data and not self.transport.is_closing():
             OUTBOX.defer(self.transport, data)
@@ -174,5 +171,5 @@ class Http2Connection(asyncio.Protocol):
     def goodbye(self) -> None:
         if not self.transport.is_closing():
             self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
-            self.send()
+            self.flush()
             self.close()

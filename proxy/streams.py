@@ -104,6 +104,8 @@ class Stream(asyncio.Transport):
         self.done = False
         self.closing = False
         self.upstream_paused = False
+        self.backlogged = False
+        self.connection_full = False
         self.reading = True
 
     # --- request: to the StreamConnection as HTTP/1.1 ---------------------------------
@@ -212,22 +214,21 @@ class Stream(asyncio.Transport):
     def close(self) -> None:
         """The StreamConnection is done: the response ends here (a response framed by the
         end of the connection ends the same way); without a head there is nothing to end."""
+        self._end(complete=self.headers_sent)
+
+    def abort(self) -> None:
+        """A response cut short (the upstream failed mid-body): reset the stream."""
+        self._end(complete=False)
+
+    def _end(self, complete: bool) -> None:
         if self.closing:
             return
         self.closing = True
-        if self.headers_sent:
+        if complete:
             self.response_complete = True
             self.send_body()
         else:
             self.reset()
-        asyncio.get_running_loop().call_soon(self.client.connection_lost, None)
-
-    def abort(self) -> None:
-        """A response cut short (the upstream failed mid-body): reset the stream."""
-        if self.closing:
-            return
-        self.closing = True
-        self.reset()
         asyncio.get_running_loop().call_soon(self.client.connection_lost, None)
 
     # --- response: HTTP/1.1 from the StreamConnection, to the Multiplexer ------------
@@ -295,22 +296,24 @@ class Stream(asyncio.Transport):
         self._pace_upstream()
 
     def _pace_upstream(self) -> None:
-        waiting = self.body_size
-        if not self.upstream_paused and waiting > HIGH_WATER:
-            self.upstream_paused = True
-            self.client.pause_writing()
-        elif self.upstream_paused and waiting < LOW_WATER:
-            self.upstream_paused = False
-            self.client.resume_writing()
+        """The upstream is read only while the client keeps up: neither this stream's
+        backlog (bytes waiting for window) nor the client connection's buffer is full."""
+        if self.body_size > HIGH_WATER:
+            self.backlogged = True
+        elif self.body_size < LOW_WATER:
+            self.backlogged = False
+        paused = self.backlogged or self.connection_full
+        if paused != self.upstream_paused:
+            self.upstream_paused = paused
+            if paused:
+                self.client.pause_writing()
+            else:
+                self.client.resume_writing()
 
     def client_pause(self, paused: bool) -> None:
-        """The TLS connection's own buffer is full (or drained): pace this upstream too."""
-        if paused and not self.upstream_paused:
-            self.upstream_paused = True
-            self.client.pause_writing()
-        elif not paused and self.upstream_paused and self.body_size < LOW_WATER:
-            self.upstream_paused = False
-            self.client.resume_writing()
+        """The client connection's own buffer is full (or drained)."""
+        self.connection_full = paused
+        self._pace_upstream()
 
     def reset(self) -> None:
         if self.done:
